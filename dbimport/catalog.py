@@ -1,0 +1,181 @@
+"""The catalog: accounts' databases, resources, links and field declarations, cached."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import Forbidden, NotFound
+
+log = logging.getLogger(__name__)
+
+NOT_CUSTOM_FIELDS = frozenset({"email", "phones", "subscriptions"})
+FIELD_TYPES = ("int", "float", "string", "bool", "date", "list", "ip", "tags", "object", "arr_object")
+
+# A catalog miss (an id or field we do not know) reloads at most this often, so a
+# stream of messages naming unknown databases cannot hammer PostgreSQL.
+RELOAD_MIN_INTERVAL_S = 1.0
+# Even without misses, declarations changed by `init-db --seed` are seen this fast.
+RELOAD_MAX_AGE_S = 60.0
+
+
+@dataclass(frozen=True)
+class FieldDecl:
+    """A declared custom field: its name, type, and (for `list`) its options."""
+
+    name: str
+    type: str
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A subscription channel owner (a newsletter, an app) of one account."""
+
+    account_id: int
+    resource_id: int
+    name: str
+    databases: frozenset[int]
+    fields: Mapping[str, FieldDecl] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Database:
+    """A profile database of one account, with its declared fields."""
+
+    account_id: int
+    db_id: int
+    name: str
+    fields: Mapping[str, FieldDecl] = field(default_factory=dict)
+    resources: Mapping[int, Resource] = field(default_factory=dict)
+
+    def resource(self, resource_id: int, *, field_name: str = "resource_id") -> Resource:
+        """The linked resource; 403 if it is not the account's or not linked here."""
+        found = self.resources.get(resource_id)
+        if found is None:
+            raise Forbidden(
+                f"{field_name} {resource_id} is not a resource of account {self.account_id} "
+                f"linked to database {self.db_id}",
+                field=field_name,
+            )
+        return found
+
+    def subscription_fields(self, resource_id: int | None) -> Mapping[str, FieldDecl]:
+        """Subscription custom fields declared by one linked resource, or by all of them."""
+        if resource_id is not None:
+            return self.resource(resource_id).fields
+        merged: dict[str, FieldDecl] = {}
+        for res in self.resources.values():
+            merged.update(res.fields)
+        return merged
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    databases: Mapping[int, Database]
+    loaded_at: float
+
+
+class Catalog:
+    """Answers tenancy questions from memory, reloading from PostgreSQL when stale.
+
+    `loader` returns the rows of the catalog tables; see `store.load_catalog`.
+    """
+
+    def __init__(self, *, loader: Any, clock: Any = time.monotonic) -> None:
+        self._loader = loader
+        self._clock = clock
+        self._snapshot = Snapshot(databases={}, loaded_at=float("-inf"))
+        self._last_miss_reload = float("-inf")
+
+    def reload(self) -> None:
+        self._snapshot = Snapshot(databases=build_databases(self._loader()), loaded_at=self._clock())
+
+    def refresh_if_stale(self) -> None:
+        if self._clock() - self._snapshot.loaded_at >= RELOAD_MAX_AGE_S:
+            self.reload()
+
+    def _reload_on_miss(self) -> bool:
+        now = self._clock()
+        if now - max(self._last_miss_reload, self._snapshot.loaded_at) < RELOAD_MIN_INTERVAL_S:
+            return False
+        self._last_miss_reload = now
+        self.reload()
+        return True
+
+    def database(self, account_id: int, db_id: int) -> Database:
+        """The database, checked against the account: 404 unknown, 403 another's."""
+        db = self._snapshot.databases.get(db_id)
+        if db is None and self._reload_on_miss():
+            db = self._snapshot.databases.get(db_id)
+        if db is None:
+            raise NotFound(f"db_id {db_id}: no such database", field="db_id")
+        if db.account_id != account_id:
+            raise Forbidden(
+                f"db_id {db_id} does not belong to account_id {account_id}", field="db_id"
+            )
+        return db
+
+    def knows_fields(self, db: Database, names: Iterable[str]) -> Database:
+        """`db`, reloaded if `names` hold a custom field declared since our snapshot."""
+        if all(name in db.fields or name in NOT_CUSTOM_FIELDS or name.startswith("_") for name in names):
+            return db
+        if not self._reload_on_miss():
+            return db
+        return self._snapshot.databases.get(db.db_id, db)
+
+
+def build_databases(rows: Mapping[str, list[tuple[Any, ...]]]) -> dict[int, Database]:
+    """Assemble `Database` objects from the catalog tables' rows."""
+    resource_fields: dict[tuple[int, int], dict[str, FieldDecl]] = {}
+    for account_id, resource_id, name, type_, options in rows["resource_fields"]:
+        resource_fields.setdefault((account_id, resource_id), {})[name] = FieldDecl(
+            name, type_, tuple(options or ())
+        )
+    links: dict[tuple[int, int], set[int]] = {}
+    for account_id, resource_id, db_id in rows["resource_databases"]:
+        links.setdefault((account_id, resource_id), set()).add(db_id)
+    resources: dict[tuple[int, int], Resource] = {}
+    for account_id, resource_id, name in rows["resources"]:
+        key = (account_id, resource_id)
+        resources[key] = Resource(
+            account_id=account_id,
+            resource_id=resource_id,
+            name=name,
+            databases=frozenset(links.get(key, ())),
+            fields=resource_fields.get(key, {}),
+        )
+    db_fields: dict[int, dict[str, FieldDecl]] = {}
+    for db_id, name, type_, options in rows["database_fields"]:
+        db_fields.setdefault(db_id, {})[name] = FieldDecl(name, type_, tuple(options or ()))
+    databases: dict[int, Database] = {}
+    for account_id, db_id, name in rows["databases"]:
+        linked = {
+            res.resource_id: res
+            for (acc, _), res in resources.items()
+            if acc == account_id and db_id in res.databases
+        }
+        databases[db_id] = Database(
+            account_id=account_id,
+            db_id=db_id,
+            name=name,
+            fields=db_fields.get(db_id, {}),
+            resources=linked,
+        )
+    return databases
+
+
+CATALOG_QUERIES = {
+    "databases": "SELECT account_id, db_id, name FROM databases",
+    "database_fields": "SELECT db_id, name, type, options FROM database_fields",
+    "resources": "SELECT account_id, resource_id, name FROM resources",
+    "resource_fields": "SELECT account_id, resource_id, name, type, options FROM resource_fields",
+    "resource_databases": "SELECT account_id, resource_id, db_id FROM resource_databases",
+}
+
+
+def read_catalog(conn: Any) -> dict[str, list[tuple[Any, ...]]]:
+    """The catalog tables' rows, read in one transaction."""
+    return {name: conn.execute(query).fetchall() for name, query in CATALOG_QUERIES.items()}

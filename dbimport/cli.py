@@ -1,0 +1,236 @@
+"""The `dbimport-worker` command line: its commands, options and exit codes."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO
+
+from . import logs
+from .config import Settings, load_settings, log_safe
+from .errors import ConfigError, DatabaseUnavailable, PluginError, Transient
+
+log = logging.getLogger("dbimport.cli")
+
+# Exit codes (sysexits.h where one fits).
+EX_OK = 0  # done; also: another run holds --lock-file
+EX_PROBLEMS = 1  # `check` found problems (each printed on its own line)
+EX_USAGE = 2  # bad command line (argparse's own code)
+EX_UNAVAILABLE = 69  # RabbitMQ or PostgreSQL unreachable at start
+EX_SOFTWARE = 70  # an unexpected error; the traceback is in the log
+EX_CONFIG = 78  # bad configuration, plugin, seed file, or schema not initialised
+
+DESCRIPTION = """\
+Import customer profiles into PostgreSQL from the RabbitMQ queue database_import,
+answering one result per message on database_import_result.
+
+Configuration comes from main.json (or --config, or $DBIMPORT_CONFIG), each key
+overridable by an environment variable of the same name.
+"""
+
+EPILOG = """\
+exit codes: 0 done, 1 check found problems, 2 usage, 69 a service unreachable at
+start, 70 internal error, 78 bad configuration.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dbimport-worker", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="PATH", help="main.json to read (default: $DBIMPORT_CONFIG, else ./main.json)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser(
+        "run", help="consume database_import until stopped",
+        description="Consume the import queue, write profiles, publish results. SIGTERM or "
+        "SIGINT finishes and acks the batch in hand, then exits 0.",
+    )
+    run.add_argument("--until-empty", action="store_true",
+                     help="exit 0 once the queue is drained (for cron and tests); give up with 69 "
+                     "if a service stays unreachable for IMPORT_CONNECT_TIMEOUT_S")
+    run.add_argument("--max-messages", type=_positive_int, metavar="N", help="exit 0 after answering N messages")
+    run.add_argument("--max-runtime", type=_positive_float, metavar="S", help="exit 0 after S seconds")
+    run.add_argument("--lock-file", metavar="PATH",
+                     help="hold an exclusive lock on PATH; if another run holds it, exit 0 at once")
+
+    init_db = commands.add_parser(
+        "init-db", help="create the database and schema, load a seed",
+        description="Create the database named in POSTGRES_DSN if missing, create or migrate the "
+        "schema (idempotent), and load accounts, databases, resources and fields from --seed.",
+    )
+    init_db.add_argument("--seed", metavar="FILE", help="seed file (JSON) to load; loading it twice changes nothing")
+
+    commands.add_parser(
+        "check", help="check services, schema and queues",
+        description="Connect to RabbitMQ and PostgreSQL, check the schema version and unique keys "
+        "and the queues' arguments. Prints each problem on its own line; exits 1 if any, 69 if a "
+        "service is unreachable.",
+    )
+    commands.add_parser(
+        "matchers", help="list the matching modes",
+        description="List every matching mode with the plugin and package that provide it.",
+    )
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None) -> int:
+    out = stdout or sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"dbimport-worker: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    try:
+        handler = COMMANDS[args.command]
+        return handler(args, settings, out)
+    except (ConfigError, PluginError) as exc:
+        message = log_safe(str(exc), settings)
+        log.error("configuration error: %s", message)
+        print(f"dbimport-worker: configuration error: {message}", file=sys.stderr)
+        return EX_CONFIG
+    except Transient as exc:
+        message = log_safe(str(exc), settings)
+        log.error("service unavailable: %s", message)
+        print(f"dbimport-worker: service unavailable: {message}", file=sys.stderr)
+        return EX_UNAVAILABLE
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from .worker import RunLimits, ServiceUnavailable, Worker
+
+    logs.configure(settings)
+    with _lock(args.lock_file) as held:
+        if not held:
+            log.info("another run holds %s; exiting", args.lock_file)
+            return EX_OK
+        worker = Worker(settings)
+        _stop_on_signals(worker.stop)
+        log.info("starting: %r", settings)
+        try:
+            stats = worker.run(RunLimits(
+                until_empty=args.until_empty, max_messages=args.max_messages, max_runtime_s=args.max_runtime
+            ))
+        except ServiceUnavailable as exc:
+            log.error("a service stayed unreachable; giving up: %s", exc)
+            return EX_UNAVAILABLE
+        except Exception:
+            log.exception("the worker stopped on an unexpected error")
+            return EX_SOFTWARE
+        log.info(
+            "stopped: handled=%d created=%d updated=%d errors=%d replayed=%d requeued=%d dead=%d",
+            stats.handled, stats.created, stats.updated, stats.failed, stats.replayed,
+            stats.requeued, stats.dead,
+        )
+    return EX_OK
+
+
+@contextlib.contextmanager
+def _lock(path: str | None) -> Iterator[bool]:
+    """An exclusive flock on `path` (released when the process dies); True if held."""
+    if path is None:
+        yield True
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _stop_on_signals(stop: Any) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("received %s; finishing the batch in hand", signal.Signals(signum).name)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def cmd_init_db(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from .schema import create_database, migrate
+    from .seed import load_seed, read_seed
+    from .store import Store
+
+    logs.configure(settings)
+    seed = read_seed(args.seed) if args.seed else None
+    created = create_database(settings.postgres_dsn)
+    store = Store(settings.postgres_dsn, application_name="dbimport-init-db")
+    try:
+        applied = migrate(store)
+        print(f"database: {'created' if created else 'exists'}; migrations applied: "
+              f"{', '.join(map(str, applied)) or 'none (schema is current)'}", file=out)
+        if seed is not None:
+            changed = load_seed(store, seed)
+            summary = ", ".join(f"{table} {n}" for table, n in sorted(changed.items()) if n) or "nothing new"
+            print(f"seed {args.seed}: {summary}", file=out)
+    finally:
+        store.close()
+    return EX_OK
+
+
+def cmd_check(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from .checks import run_checks
+
+    problems, unreachable = run_checks(settings)
+    for line in problems:
+        print(line, file=out)
+    if unreachable:
+        return EX_UNAVAILABLE
+    if problems:
+        return EX_PROBLEMS
+    print("ok: services reachable, schema current, unique keys present, queues as configured", file=out)
+    return EX_OK
+
+
+def cmd_matchers(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from .plugins import build_registry
+
+    registry = build_registry()
+    rows = [(r.matcher.name, r.plugin, f"{r.package} {r.version}", r.matcher.description)
+            for r in registry.registrations()]
+    widths = [max(len(row[i]) for row in rows + [("MODE", "PLUGIN", "PACKAGE", "")]) for i in range(3)]
+    print(f"{'MODE':<{widths[0]}}  {'PLUGIN':<{widths[1]}}  {'PACKAGE':<{widths[2]}}  DESCRIPTION", file=out)
+    for mode, plugin, package, description in rows:
+        print(f"{mode:<{widths[0]}}  {plugin:<{widths[1]}}  {package:<{widths[2]}}  {description}", file=out)
+    return EX_OK
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "init-db": cmd_init_db,
+    "check": cmd_check,
+    "matchers": cmd_matchers,
+}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

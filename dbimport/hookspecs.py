@@ -1,0 +1,37 @@
+"""The hooks a dbimport plugin may implement, and their markers."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .events import TriggerEvent
+    from .matcher import Matcher
+
+PROJECT_NAME = "dbimport"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def dbimport_register_matchers() -> Sequence[Matcher]:
+    """Return the matching modes this plugin provides, as `Matcher` instances.
+
+    Every mode name must be unique across all plugins: a duplicate stops the
+    worker at start, naming both plugins.
+    """
+
+
+@hookspec
+def dbimport_events_committed(events: Sequence[TriggerEvent]) -> None:
+    """Called once per committed batch with the trigger events it recorded.
+
+    The events are already in the `events` table, in the same transaction as
+    the profile writes; this is the notification. It runs after commit and
+    before the results are published, so keep it short. An exception is
+    logged and does not undo or retry anything. Messages with
+    `skip_triggers` record no events and are not in `events`.
+    """

@@ -1,0 +1,268 @@
+"""A batch's way from deliveries to outcomes: decode, validate, match, write.
+
+Nothing here publishes or acks: the worker settles the outcomes.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from .broker import Delivery
+from .catalog import Catalog
+from .config import Settings, log_safe
+from .errors import BadInput, Transient, WriteRace
+from .events import TriggerEvent
+from .fields import Limits
+from .message import MessageValidator, decode, feedback_id_of
+from .plugins import Registry
+from .profile_data import check_data
+from .results import Result
+from .retry import database_retry
+from .store import Store
+from .writer import BatchOutcome, Job, apply_batch
+
+log = logging.getLogger(__name__)
+results_log = logging.getLogger("dbimport.results")
+
+UNKNOWN_DB_ID = 0  # failure counts of messages whose db_id was never read
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one delivery is settled.
+
+    `result` None: not answered, given back to the queue. `dead_reason` set:
+    answered 500 and copied to the dead-letter queue.
+    """
+
+    delivery: Delivery
+    result: Result | None
+    dead_reason: str | None = None
+    replayed: bool = False
+
+
+@dataclass
+class Batch:
+    outcomes: list[Outcome]
+    events: list[TriggerEvent] = field(default_factory=list)
+    created: int = 0
+    updated: int = 0
+
+
+def message_key(delivery: Delivery) -> bytes:
+    """What identifies a delivery across redeliveries: its body and the publisher's ids."""
+    digest = hashlib.sha256()
+    for part in (delivery.message_id, delivery.correlation_id, delivery.timestamp):
+        digest.update(b"" if part is None else str(part).encode())
+        digest.update(b"\x00")
+    digest.update(delivery.body)
+    return digest.digest()[:16]
+
+
+@dataclass(slots=True)
+class _Internal:
+    """A message that failed for a reason other than its input."""
+
+    db_id: int
+    reason: str
+
+
+class Pipeline:
+    """Turns deliveries into outcomes; one transaction per batch, retried as a whole."""
+
+    def __init__(
+        self, *, settings: Settings, registry: Registry, catalog: Catalog, store: Store,
+        plugin_manager: pluggy.PluginManager,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.catalog = catalog
+        self.store = store
+        self.hooks = plugin_manager.hook
+        self.validator = MessageValidator({mode: m.schema for mode, m in registry.items()})
+        self.limits = Limits(
+            max_string_chars=settings.max_string_chars, max_list_items=settings.max_list_items
+        )
+
+    # --- the batch -------------------------------------------------------------------
+
+    def handle(self, deliveries: Sequence[Delivery], *, sleep: Callable[[float], None]) -> Batch:
+        """Outcomes for `deliveries`, in order. Raises DatabaseUnavailable when the
+        store stays away longer than IMPORT_DB_RETRY_S: then nothing is answered."""
+        try:
+            batch = self._retried(deliveries, sleep)
+        except WriteRace as exc:
+            log.warning("batch kept racing (%s); handling its messages one by one", exc)
+            batch = self._one_by_one(deliveries, sleep)
+        except Transient:
+            raise
+        except Exception as exc:
+            log.error("batch failed: %s; handling its messages one by one", self._safe(exc), exc_info=True)
+            batch = self._one_by_one(deliveries, sleep)
+        self._notify(batch.events)
+        return batch
+
+    def _retried(self, deliveries: Sequence[Delivery], sleep: Callable[[float], None]) -> Batch:
+        """One transaction for the batch, run again on an outage or a race."""
+        for attempt in database_retry(max_seconds=self.settings.db_retry_s, sleep=sleep):
+            with attempt:
+                # After a failed attempt the commit may have happened: check the log.
+                retried = attempt.retry_state.attempt_number > 1
+                prepared = [self.prepare(i, d, retried=retried) for i, d in enumerate(deliveries)]
+                jobs = [p for p in prepared if isinstance(p, Job)]
+                with self.store.transaction() as conn:
+                    applied = apply_batch(conn, jobs) if jobs else BatchOutcome()
+                return self._outcomes(deliveries, prepared, applied)
+        raise AssertionError("unreachable: the retry policy re-raises")
+
+    def _outcomes(
+        self, deliveries: Sequence[Delivery], prepared: list[Job | Outcome | _Internal],
+        applied: BatchOutcome,
+    ) -> Batch:
+        outcomes: list[Outcome] = []
+        for i, (delivery, item) in enumerate(zip(deliveries, prepared)):
+            if isinstance(item, Outcome):
+                outcomes.append(item)
+            elif isinstance(item, _Internal):
+                outcomes.append(self._internal_failure(delivery, item))
+            else:
+                outcomes.append(Outcome(delivery, applied.results[i], replayed=i in applied.replayed))
+        return Batch(outcomes, applied.events, applied.created, applied.updated)
+
+    def _one_by_one(self, deliveries: Sequence[Delivery], sleep: Callable[[float], None]) -> Batch:
+        """Each message in its own transaction, so a poison one harms only itself."""
+        merged = Batch(outcomes=[])
+        for delivery in deliveries:
+            try:
+                single = self._retried([delivery], sleep)
+            except BadInput as exc:
+                # A matcher judged the input bad only while looking it up.
+                result = Result.failed(exc, feedback_id=self._feedback_id(delivery))
+                single = Batch([Outcome(delivery, result)])
+            except Transient as exc:
+                if not isinstance(exc, WriteRace):
+                    raise
+                single = Batch([self._internal_failure(delivery, _Internal(self._db_id(delivery), str(exc)))])
+            except Exception as exc:
+                log.error("message failed: %s", self._safe(exc), exc_info=True)
+                reason = f"{type(exc).__name__}: {self._safe(exc)}"
+                single = Batch([self._internal_failure(delivery, _Internal(self._db_id(delivery), reason))])
+            merged.outcomes.extend(single.outcomes)
+            merged.events.extend(single.events)
+            merged.created += single.created
+            merged.updated += single.updated
+        return merged
+
+    # --- one message -----------------------------------------------------------------
+
+    def prepare(self, index: int, delivery: Delivery, *, retried: bool = False) -> Job | Outcome | _Internal:
+        """Decode, validate, check tenancy and data: a Job, or the answer already."""
+        message: Any = None
+        try:
+            message = decode(
+                delivery.body,
+                max_bytes=self.settings.max_message_bytes,
+                max_depth=self.settings.max_depth,
+            )
+            envelope = self.validator.validate(message)
+            db = self.catalog.database(envelope.account_id, envelope.db_id)
+            db = self.catalog.knows_fields(db, envelope.data)
+            if envelope.resource_id is not None:
+                db.resource(envelope.resource_id)
+            matcher = self.registry[envelope.mode]
+            query = matcher.prepare(envelope.body, db)
+            write = check_data(envelope.data, db, self.limits, max_subscriptions=self.settings.max_subscriptions)
+        except BadInput as exc:
+            return Outcome(delivery, Result.failed(exc, feedback_id=feedback_id_of(message)))
+        except Transient:
+            raise
+        except Exception as exc:
+            log.error("preparing a message failed: %s", self._safe(exc), exc_info=True)
+            return _Internal(self._db_id(delivery, message), f"{type(exc).__name__}: {self._safe(exc)}")
+        return Job(
+            index=index,
+            envelope=envelope,
+            db=db,
+            matcher=matcher,
+            query=query,
+            write=write,
+            message_key=message_key(delivery),
+            maybe_applied=delivery.redelivered or retried,
+        )
+
+    def _internal_failure(self, delivery: Delivery, failure: _Internal) -> Outcome:
+        """Count the failure; give the message back, or after too many, bury it."""
+        key = message_key(delivery)
+        feedback_id = self._feedback_id(delivery)
+        with self.store.transaction() as conn:
+            row = conn.execute(
+                "INSERT INTO delivery_failures (db_id, message_key, failures, last_error) "
+                "VALUES (%s, %s, 1, %s) ON CONFLICT (db_id, message_key) DO UPDATE "
+                "SET failures = delivery_failures.failures + 1, last_error = EXCLUDED.last_error, "
+                "updated_at = now() RETURNING failures",
+                (failure.db_id, key, failure.reason[:2000]),
+            ).fetchone()
+            failures = int(row[0]) if row else 1
+            if failures < self.settings.max_deliveries:
+                log.warning(
+                    "message (feedback_id=%r) failed %d of %d times: %s; giving it back to the queue",
+                    feedback_id, failures, self.settings.max_deliveries, failure.reason,
+                )
+                return Outcome(delivery, None)
+            result = Result.internal(failure.reason, feedback_id=feedback_id)
+            if failure.db_id != UNKNOWN_DB_ID:
+                conn.execute(
+                    "INSERT INTO message_log (db_id, message_key, result) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (db_id, message_key) DO UPDATE SET result = EXCLUDED.result",
+                    (failure.db_id, key, result.to_json()),
+                )
+        log.error(
+            "message (feedback_id=%r) failed %d times; answering 500 and moving it to %s",
+            feedback_id, failures, self.settings.dead_queue,
+        )
+        return Outcome(delivery, result, dead_reason=failure.reason)
+
+    def _feedback_id(self, delivery: Delivery) -> str:
+        try:
+            return feedback_id_of(decode(delivery.body, max_bytes=self.settings.max_message_bytes, max_depth=10**6))
+        except BadInput:
+            return ""
+
+    def _db_id(self, delivery: Delivery, message: Any = None) -> int:
+        if message is None:
+            try:
+                message = decode(delivery.body, max_bytes=self.settings.max_message_bytes, max_depth=10**6)
+            except BadInput:
+                return UNKNOWN_DB_ID
+        db_id = message.get("db_id") if isinstance(message, dict) else None
+        if isinstance(db_id, int) and not isinstance(db_id, bool) and 1 <= db_id <= 2**31 - 1:
+            return db_id
+        return UNKNOWN_DB_ID
+
+    def _safe(self, exc: BaseException) -> str:
+        return log_safe(str(exc), self.settings)
+
+    # --- after commit ----------------------------------------------------------------
+
+    def _notify(self, events: list[TriggerEvent]) -> None:
+        if not events:
+            return
+        try:
+            self.hooks.dbimport_events_committed(events=events)
+        except Exception as exc:
+            log.error("a dbimport_events_committed hook failed: %s", self._safe(exc), exc_info=True)
+
+
+def log_error_results(outcomes: Sequence[Outcome]) -> None:
+    """Every error result goes to the job log with its feedback_id, code and text."""
+    for outcome in outcomes:
+        result = outcome.result
+        if result is not None and result.error:
+            results_log.warning(
+                "error %d feedback_id=%r: %s", result.error, result.feedback_id, result.error_text
+            )

@@ -1,0 +1,112 @@
+"""The PostgreSQL connection: opening it, its transactions, and its errors as types."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import psycopg.conninfo
+import psycopg.errors
+
+from .config import redact_dsn
+from .errors import DatabaseUnavailable, DbimportError, WriteRace
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5
+# Statements over this are cancelled: a stuck lock must not hold a batch forever.
+STATEMENT_TIMEOUT_MS = 120_000
+
+_RACES = (
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.UniqueViolation,
+    psycopg.errors.LockNotAvailable,
+)
+
+
+def translate(exc: BaseException) -> BaseException:
+    """psycopg's exception as a dbimport type: outage, race, or itself (internal)."""
+    if isinstance(exc, _RACES):
+        return WriteRace(f"{type(exc).__name__}: {exc}".strip())
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return DatabaseUnavailable(f"{type(exc).__name__}: {first_line(exc)}")
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return DatabaseUnavailable(f"statement cancelled: {first_line(exc)}")
+    return exc
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def with_database(dsn: str, dbname: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    params["dbname"] = dbname
+    return psycopg.conninfo.make_conninfo(**params)
+
+
+def database_name(dsn: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    return str(params.get("dbname") or params.get("user") or "")
+
+
+class Store:
+    """One connection to the profile store, reopened after it is lost."""
+
+    def __init__(self, dsn: str, *, application_name: str = "dbimport-worker") -> None:
+        self._dsn = dsn
+        self._application_name = application_name
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"Store({redact_dsn(self._dsn)!r})"
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """The open connection, opened now if it is closed or broken."""
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        self.close()
+        try:
+            self._conn = psycopg.connect(
+                self._dsn,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                application_name=self._application_name,
+                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                # Every unit of work is an explicit `transaction()` block.
+                autocommit=True,
+            )
+        except psycopg.Error as exc:
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {first_line(exc)}") from None
+        return self._conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction; psycopg's errors leave it as dbimport's types."""
+        try:
+            conn = self.connect()
+            with conn.transaction():
+                yield conn
+        except DbimportError:
+            raise
+        except psycopg.Error as exc:
+            translated = translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+            self._conn = None
+
+    def backend_pid(self) -> int | None:
+        if self._conn is None or self._conn.closed:
+            return None
+        return self._conn.info.backend_pid

@@ -1,0 +1,1 @@
+"""The built-in matching modes, each a plugin registered like a third party's."""

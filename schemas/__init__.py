@@ -1,0 +1,1 @@
+"""JSON Schemas of dbimport's inputs, shipped as package data (`dbimport.schemas`)."""
