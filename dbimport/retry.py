@@ -45,7 +45,8 @@ def database_retry(*, max_seconds: float, sleep: Callable[[float], None]) -> ten
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type((DatabaseUnavailable, WriteRace)),
         stop=_stop(max_seconds),
-        wait=tenacity.wait_exponential_jitter(initial=FIRST_DELAY_S, max=MAX_DELAY_S),
+        wait=tenacity.wait_exponential(multiplier=FIRST_DELAY_S, max=MAX_DELAY_S)
+        + tenacity.wait_random(0, FIRST_DELAY_S),
         sleep=sleep,
         before_sleep=_log_before_sleep,
         reraise=True,
