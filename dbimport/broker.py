@@ -98,6 +98,7 @@ class Broker:
         self._buffer: collections.deque[Delivery] = collections.deque()
         self._returned: list[bytes] = []
         self._consumer_tag: str | None = None
+        self._last_tag = 0
         self.warnings: list[str] = []
 
     # --- lifecycle ---------------------------------------------------------------
@@ -152,8 +153,18 @@ class Broker:
             self._consume.basic_cancel(self._consumer_tag)
         self._consumer_tag = None
 
+    def give_back(self) -> None:
+        """Stop consuming and return every unsettled delivery to the queue, so that
+        other workers can take them while this one waits for the database."""
+        self.stop_consuming()
+        self._buffer.clear()
+        if self._consume is not None and self._last_tag:
+            with _wrapped("nack"):
+                self._consume.basic_nack(delivery_tag=self._last_tag, multiple=True, requeue=True)
+
     def close(self) -> None:
         self._buffer.clear()
+        self._last_tag = 0
         if self._connection is not None and self._connection.is_open:
             try:
                 self._connection.close()
@@ -171,6 +182,7 @@ class Broker:
         self, _ch: BlockingChannel, method: pika.spec.Basic.Deliver,
         properties: pika.spec.BasicProperties, body: bytes,
     ) -> None:
+        self._last_tag = method.delivery_tag
         self._buffer.append(Delivery(
             tag=method.delivery_tag,
             body=body,
@@ -281,12 +293,6 @@ class Broker:
         with _wrapped("nack"):
             self._consume.basic_nack(delivery_tag=tag, multiple=False, requeue=True)
 
-    def requeue_through(self, tag: int) -> None:
-        """Give back every unsettled delivery up to `tag` (an outage, not the message's fault)."""
-        assert self._consume is not None
-        with _wrapped("nack"):
-            self._consume.basic_nack(delivery_tag=tag, multiple=True, requeue=True)
-
     # --- waiting -----------------------------------------------------------------
 
     def sleep(self, seconds: float) -> None:
@@ -296,3 +302,40 @@ class Broker:
             return
         with _wrapped("heartbeat"):
             self._connection.sleep(seconds)
+
+
+def move_dead_letters(
+    settings: Settings, *, before_publish: Callable[[Delivery], None], max_messages: int | None = None
+) -> int:
+    """Move dead letters back to the import queue, one at a time, with publisher
+    confirms: each is acked off the dead queue only once the import queue has it.
+
+    `before_publish` runs first (it resets the message's failure count).
+    Returns how many were moved.
+    """
+    moved = 0
+    with _wrapped("replay"):
+        connection = pika.BlockingConnection(connection_parameters(settings))
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            while max_messages is None or moved < max_messages:
+                method, properties, body = channel.basic_get(settings.dead_queue, auto_ack=False)
+                if method is None:
+                    break
+                delivery = Delivery(
+                    tag=method.delivery_tag, body=body, redelivered=False,
+                    correlation_id=properties.correlation_id, message_id=properties.message_id,
+                    timestamp=properties.timestamp, properties=properties,
+                )
+                before_publish(delivery)
+                headers = {k: v for k, v in (properties.headers or {}).items()
+                           if k not in (DEAD_REASON_HEADER, DEAD_SOURCE_HEADER)}
+                properties.headers = headers or None
+                channel.basic_publish("", settings.import_queue, body, properties, mandatory=True)
+                channel.basic_ack(method.delivery_tag)
+                moved += 1
+        finally:
+            if connection.is_open:
+                connection.close()
+    return moved

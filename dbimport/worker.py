@@ -13,6 +13,7 @@ from .broker import Broker, Outgoing, DEAD_REASON_HEADER, DEAD_SOURCE_HEADER
 from .catalog import Catalog, read_catalog
 from .config import Settings, log_safe
 from .errors import BrokerUnavailable, ConfigError, DatabaseUnavailable, Transient
+from .housekeeping import prune
 from .pipeline import Batch, Outcome, Pipeline, log_error_results
 from .plugins import Registry, get_plugin_manager
 from .schema import current_version, installed_version
@@ -21,6 +22,7 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
+HOUSEKEEPING_INTERVAL_S = 600.0
 RECONNECT_FIRST_DELAY_S = 0.5
 RECONNECT_MAX_DELAY_S = 30.0
 # While idle, wait this long for a first message before checking stop flags.
@@ -72,6 +74,7 @@ class Worker:
         if not self._connect(connect_deadline):
             return self.stats
         reporter = ThroughputReporter(self.stats, interval_s=self.settings.log_interval_s, depth=self._depth)
+        next_housekeeping = self._clock()
         try:
             while not self._stopping:
                 if deadline is not None and self._clock() >= deadline:
@@ -86,15 +89,16 @@ class Worker:
                 try:
                     if not self._step(wanted, limits):
                         break
-                except BrokerUnavailable as exc:
-                    log.warning("lost RabbitMQ: %s; reconnecting", self._safe(exc))
-                    self.broker.close()
-                    if not self._connect(self._restart_deadline(limits)):
-                        break
                 except DatabaseUnavailable as exc:
-                    log.warning("PostgreSQL unavailable: %s; the batch goes back to the queue", self._safe(exc))
-                    self._wait_for_database()
+                    if not self._outlast_database_outage(exc, limits):
+                        break
+                except BrokerUnavailable as exc:
+                    if not self._reconnect(exc, limits):
+                        break
                 reporter.maybe_report()
+                if self._clock() >= next_housekeeping:
+                    self._housekeeping()
+                    next_housekeeping = self._clock() + HOUSEKEEPING_INTERVAL_S
         finally:
             self._shutdown()
         return self.stats
@@ -112,11 +116,7 @@ class Worker:
             depth = self.broker.queue_depth()
             return not (depth == 0 and self.broker.buffered == 0)
         started = self._clock()
-        try:
-            batch = self.pipeline.handle(deliveries, sleep=self.broker.sleep)
-        except DatabaseUnavailable:
-            self.broker.requeue_through(deliveries[-1].tag)
-            raise
+        batch = self.pipeline.handle(deliveries, sleep=self.broker.sleep)
         self.settle(batch.outcomes)
         self._count(batch, self._clock() - started)
         return True
@@ -154,8 +154,7 @@ class Worker:
 
     def _count(self, batch: Batch, seconds: float) -> None:
         st = self.stats
-        st.batches += 1
-        st.batch_seconds += seconds
+        st.observe_batch(seconds)
         st.created += batch.created
         st.updated += batch.updated
         for outcome in batch.outcomes:
@@ -212,6 +211,26 @@ class Worker:
             )
         self.catalog.reload()
 
+    def _reconnect(self, exc: BrokerUnavailable, limits: RunLimits) -> bool:
+        """After RabbitMQ was lost: unacked messages went back with the connection."""
+        log.warning("lost RabbitMQ: %s; reconnecting", self._safe(exc))
+        self.broker.close()
+        return self._connect(self._restart_deadline(limits))
+
+    def _outlast_database_outage(self, exc: DatabaseUnavailable, limits: RunLimits) -> bool:
+        """PostgreSQL stayed away past IMPORT_DB_RETRY_S: give the messages back so other
+        workers can take them, wait for the database (answering heartbeats), resume."""
+        log.warning("PostgreSQL unavailable: %s; giving unsettled messages back to the queue", self._safe(exc))
+        try:
+            self.broker.give_back()
+            self._wait_for_database()
+            if self._stopping:
+                return False
+            self.broker.start_consuming()
+            return True
+        except BrokerUnavailable as lost:
+            return self._reconnect(lost, limits)
+
     def _wait_for_database(self) -> None:
         delay = RECONNECT_FIRST_DELAY_S
         while not self._stopping:
@@ -224,6 +243,12 @@ class Worker:
                 log.warning("PostgreSQL still unavailable (%s); next try in %.1f s", self._safe(exc), delay)
                 self.broker.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
+
+    def _housekeeping(self) -> None:
+        try:
+            prune(self.store, retention_s=self.settings.dedup_retention_s)
+        except DatabaseUnavailable as exc:
+            log.warning("housekeeping skipped: %s", self._safe(exc))
 
     def _read_catalog(self) -> dict[str, list[tuple[Any, ...]]]:
         with self.store.transaction() as conn:
