@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from . import logs
 from .config import Settings, load_settings, log_safe
-from .errors import ConfigError, DatabaseUnavailable, PluginError, Transient
+from .errors import ConfigError, PluginError, Transient
 
 log = logging.getLogger("dbimport.cli")
 
@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "if a service stays unreachable for IMPORT_CONNECT_TIMEOUT_S")
     run.add_argument("--max-messages", type=_positive_int, metavar="N", help="exit 0 after answering N messages")
     run.add_argument("--max-runtime", type=_positive_float, metavar="S", help="exit 0 after S seconds")
+    run.add_argument("--workers", type=_positive_int, metavar="N", default=1,
+                     help="run N worker processes under this one, which forwards SIGTERM/SIGINT "
+                     "and restarts a worker that dies (default 1: work in this process)")
+    run.add_argument("--metrics-port", type=int, metavar="PORT",
+                     help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics "
+                     "(with --workers, worker i serves on PORT+i)")
     run.add_argument("--lock-file", metavar="PATH",
                      help="hold an exclusive lock on PATH; if another run holds it, exit 0 at once")
 
@@ -73,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and the queues' arguments. Prints each problem on its own line; exits 1 if any, 69 if a "
         "service is unreachable.",
     )
+    replay = commands.add_parser(
+        "replay-dead", help="move dead letters back to the import queue",
+        description="Move messages from IMPORT_DEAD_QUEUE back to IMPORT_QUEUE (each acked off the "
+        "dead queue only after the broker confirmed the copy), resetting their failure counts so "
+        "they are handled afresh. Fix the cause first: see the x-dbimport-dead-reason header.",
+    )
+    replay.add_argument("--max", type=_positive_int, metavar="N", dest="max_messages",
+                        help="move at most N messages (default: all)")
     commands.add_parser(
         "matchers", help="list the matching modes",
         description="List every matching mode with the plugin and package that provide it.",
@@ -96,7 +110,9 @@ def _positive_float(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None) -> int:
     out = stdout or sys.stdout
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -125,7 +141,15 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         if not held:
             log.info("another run holds %s; exiting", args.lock_file)
             return EX_OK
+        if args.workers > 1:
+            from .supervisor import Supervisor, child_command
+
+            return Supervisor(child_command(args.argv), workers=args.workers).run()
         worker = Worker(settings)
+        if args.metrics_port is not None:
+            from .metrics import serve
+
+            serve(worker.stats, args.metrics_port + _worker_slot())
         _stop_on_signals(worker.stop)
         log.info("starting: %r", settings)
         try:
@@ -144,6 +168,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
             stats.requeued, stats.dead,
         )
     return EX_OK
+
+
+def _worker_slot() -> int:
+    """This process's slot under `run --workers` (0 when it runs alone)."""
+    return int(os.environ.get("DBIMPORT_WORKER_SLOT", "0"))
 
 
 @contextlib.contextmanager
@@ -224,11 +253,21 @@ def cmd_matchers(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
     return EX_OK
 
 
+def cmd_replay_dead(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from .replay import replay_dead
+
+    logs.configure(settings, stderr=False)
+    moved = replay_dead(settings, max_messages=args.max_messages)
+    print(f"replayed {moved} message(s) from {settings.dead_queue} to {settings.import_queue}", file=out)
+    return EX_OK
+
+
 COMMANDS = {
     "run": cmd_run,
     "init-db": cmd_init_db,
     "check": cmd_check,
     "matchers": cmd_matchers,
+    "replay-dead": cmd_replay_dead,
 }
 
 

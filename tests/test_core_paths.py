@@ -54,3 +54,18 @@ def test_poison_message_is_dead_lettered_after_max_deliveries(harness, monkeypat
     assert by_fb["fine"]["error"] == 0
     assert len(results) == 2
     assert harness.queue_depth(harness.settings.dead_queue) == 1
+
+
+def test_replayed_dead_letter_is_handled_afresh(harness, monkeypatch):
+    from dbimport.matchers import email as email_mod
+    from dbimport.replay import replay_dead
+    original = email_mod.EmailMatcher.find_many
+    monkeypatch.setattr(email_mod.EmailMatcher, "find_many", lambda self, lookup, queries: 1 / 0)
+    harness.publish(msg(email="p@example.com", feedback_id="poison"))
+    harness.run(settings=harness.settings.replace(max_deliveries=2))
+    assert [r["error"] for r in harness.results()] == [500]
+    monkeypatch.setattr(email_mod.EmailMatcher, "find_many", original)
+    assert replay_dead(harness.settings) == 1
+    harness.run()
+    assert [r["error"] for r in harness.results()] == [0]
+    assert harness.queue_depth(harness.settings.dead_queue) == 0
