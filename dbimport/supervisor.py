@@ -1,0 +1,128 @@
+"""`run --workers N`: N worker processes under one parent that restarts the dead."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 0.2
+RESTART_FIRST_DELAY_S = 1.0
+RESTART_MAX_DELAY_S = 30.0
+# Exit codes after which a child is not restarted: it finished, or every child would fail alike.
+FINAL_EXIT_CODES = {0, 69, 78}
+
+
+@dataclass
+class Child:
+    slot: int
+    process: subprocess.Popen[bytes]
+    started_at: float
+    restarts: int = 0
+
+
+class Supervisor:
+    """Starts `command` N times, forwards SIGTERM/SIGINT, restarts a child that dies.
+
+    A child that exits 0 (drained, or reached its limits) is done; 69 or 78 stop
+    the whole run with that code. Any other exit (a crash, a kill) is restarted
+    after a backoff that grows while children keep dying young.
+    """
+
+    def __init__(self, command: Sequence[str], *, workers: int, env: dict[str, str] | None = None) -> None:
+        self.command = list(command)
+        self.workers = workers
+        self.env = env
+        self.children: dict[int, Child] = {}
+        self.stopping = False
+        self.exit_code = 0
+
+    def run(self) -> int:
+        self._install_signal_handlers()
+        for slot in range(self.workers):
+            self._start(slot)
+        delays = {slot: RESTART_FIRST_DELAY_S for slot in range(self.workers)}
+        while self.children:
+            time.sleep(POLL_INTERVAL_S)
+            for slot, child in list(self.children.items()):
+                code = child.process.poll()
+                if code is None:
+                    continue
+                del self.children[slot]
+                if self.stopping or code in FINAL_EXIT_CODES:
+                    if code in (69, 78) and not self.stopping:
+                        log.error("worker %d exited %d; stopping the others", slot, code)
+                        self.exit_code = code
+                        self._signal_all(signal.SIGTERM)
+                        self.stopping = True
+                    continue
+                lived_s = time.monotonic() - child.started_at
+                delays[slot] = RESTART_FIRST_DELAY_S if lived_s > RESTART_MAX_DELAY_S else min(
+                    delays[slot] * 2, RESTART_MAX_DELAY_S
+                )
+                log.warning("worker %d (pid %d) died with %s; restarting in %.0f s",
+                            slot, child.process.pid, _describe(code), delays[slot])
+                self._sleep(delays[slot])
+                if not self.stopping:
+                    self._start(slot, restarts=child.restarts + 1)
+        return self.exit_code
+
+    def _start(self, slot: int, restarts: int = 0) -> None:
+        env = dict(self.env if self.env is not None else os.environ)
+        env["DBIMPORT_WORKER_SLOT"] = str(slot)
+        process = subprocess.Popen(self.command, env=env)
+        self.children[slot] = Child(slot, process, time.monotonic(), restarts)
+        log.info("worker %d started (pid %d)", slot, process.pid)
+
+    def _install_signal_handlers(self) -> None:
+        def forward(signum: int, _frame: Any) -> None:
+            log.info("received %s; forwarding to %d worker(s)", signal.Signals(signum).name, len(self.children))
+            self.stopping = True
+            self._signal_all(signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+
+    def _signal_all(self, signum: int) -> None:
+        for child in self.children.values():
+            if child.process.poll() is None:
+                try:
+                    child.process.send_signal(signum)
+                except ProcessLookupError:
+                    pass
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < end:
+            time.sleep(POLL_INTERVAL_S)
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+def child_command(argv: Sequence[str]) -> list[str]:
+    """This process's command line for one child: without --workers and --lock-file
+    (the parent holds the lock for all of them)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--workers", "--lock-file"):
+            skip = True
+            continue
+        if arg.startswith(("--workers=", "--lock-file=")):
+            continue
+        out.append(arg)
+    return [sys.executable, "-m", "dbimport", *out]
