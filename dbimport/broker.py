@@ -238,15 +238,19 @@ class Broker:
             return
         assert self._connection is not None and self._publish is not None
         with _wrapped("publish"):
+            self._returned.clear()
+            # BlockingChannel.basic_publish writes to the socket after every message;
+            # the channel implementation's only queues the frames, and tx_commit
+            # writes them all at once: a third of the cost of a result.
+            publish = self._publish._impl.basic_publish
             for message in messages:
-                self._publish.basic_publish(
+                publish(
                     exchange="",
                     routing_key=message.queue,
                     body=message.body,
                     properties=self._properties(message),
                     mandatory=True,
                 )
-            self._returned.clear()
             self._publish.tx_commit()
             # A basic.return precedes tx.commit-ok; dispatch it now.
             self._connection.process_data_events(time_limit=0)

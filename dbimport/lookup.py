@@ -35,7 +35,7 @@ class Lookup:
     def profiles_by_id(self, profile_ids: Sequence[str]) -> list[set[str]]:
         return self._aligned(
             len(profile_ids),
-            "SELECT v.i, p.profile_id FROM unnest(%s::text[]) WITH ORDINALITY AS v(id, i) "
+            "SELECT v.i, p.profile_id FROM unnest(%b::text[]) WITH ORDINALITY AS v(id, i) "
             "JOIN profiles p ON p.db_id = %s AND p.profile_id = v.id",
             (list(profile_ids), self.db_id),
         )
@@ -44,7 +44,7 @@ class Lookup:
         """Profiles whose `email` is each (normalised) address."""
         return self._aligned(
             len(emails),
-            "SELECT v.i, p.profile_id FROM unnest(%s::text[]) WITH ORDINALITY AS v(email, i) "
+            "SELECT v.i, p.profile_id FROM unnest(%b::text[]) WITH ORDINALITY AS v(email, i) "
             "JOIN profiles p ON p.db_id = %s AND p.email = v.email",
             (list(emails), self.db_id),
         )
@@ -53,7 +53,7 @@ class Lookup:
         """Profiles whose `phones` hold each (normalised) phone."""
         return self._aligned(
             len(phones),
-            "SELECT v.i, p.profile_id FROM unnest(%s::text[]) WITH ORDINALITY AS v(phone, i) "
+            "SELECT v.i, p.profile_id FROM unnest(%b::text[]) WITH ORDINALITY AS v(phone, i) "
             "JOIN profiles p ON p.db_id = %s AND p.phones @> ARRAY[v.phone]",
             (list(phones), self.db_id),
         )
@@ -66,7 +66,7 @@ class Lookup:
         docs = [Jsonb({name: value}) for value in values]
         return self._aligned(
             len(docs),
-            "SELECT v.i, p.profile_id FROM unnest(%s::jsonb[]) WITH ORDINALITY AS v(doc, i) "
+            "SELECT v.i, p.profile_id FROM unnest(%b::jsonb[]) WITH ORDINALITY AS v(doc, i) "
             "JOIN profiles p ON p.db_id = %s AND p.fields @> v.doc",
             (docs, self.db_id),
         )
@@ -87,7 +87,7 @@ class Lookup:
         n = len(addresses)
         return self._aligned(
             n,
-            "SELECT v.i, s.profile_id FROM unnest(%s::text[], %s::int[], %s::text[]) "
+            "SELECT v.i, s.profile_id FROM unnest(%b::text[], %b::int[], %b::text[]) "
             "WITH ORDINALITY AS v(address, resource_id, provider, i) "
             "JOIN subscriptions s ON s.db_id = %s AND s.channel = %s AND s.address = v.address "
             "AND s.provider = v.provider AND (v.resource_id IS NULL OR s.resource_id = v.resource_id)",
@@ -107,7 +107,7 @@ class Lookup:
         n = len(values)
         return self._aligned(
             n,
-            "SELECT v.i, s.profile_id FROM unnest(%s::jsonb[], %s::int[]) "
+            "SELECT v.i, s.profile_id FROM unnest(%b::jsonb[], %b::int[]) "
             "WITH ORDINALITY AS v(doc, resource_id, i) "
             "JOIN subscriptions s ON s.db_id = %s AND s.custom_fields @> v.doc "
             "AND (v.resource_id IS NULL OR s.resource_id = v.resource_id)",

@@ -277,7 +277,7 @@ def _claim(conn: psycopg.Connection[Any], db_id: int, keys: Iterable[Key]) -> No
     """Lock a claim row per key, in one global order so that workers never deadlock."""
     claim_keys = sorted({claim_key(key) for key in keys})
     conn.execute(
-        "INSERT INTO match_claims (db_id, claim_key) SELECT %s, k FROM unnest(%s::bytea[]) AS k "
+        "INSERT INTO match_claims (db_id, claim_key) SELECT %s, k FROM unnest(%b::bytea[]) AS k "
         "ON CONFLICT (db_id, claim_key) DO UPDATE SET claimed_at = now()",
         (db_id, claim_keys),
     )
@@ -313,7 +313,7 @@ def _lock_subscriptions(
     res, chan, prov, addr = (list(col) for col in zip(*keys))
     rows = conn.execute(
         "SELECT s.resource_id, s.channel, s.provider, s.address, s.profile_id, s.status "
-        "FROM unnest(%s::int[], %s::text[], %s::text[], %s::text[]) "
+        "FROM unnest(%b::int[], %b::text[], %b::text[], %b::text[]) "
         "AS v(resource_id, channel, provider, address) "
         "JOIN subscriptions s ON s.db_id = %s AND s.resource_id = v.resource_id "
         "AND s.channel = v.channel AND s.provider = v.provider AND s.address = v.address "
@@ -488,7 +488,7 @@ def _execute(conn: psycopg.Connection[Any], db_id: int, rows: _Rows, outcome: Ba
             conn.execute(
                 "INSERT INTO profiles (db_id, profile_id, email, phones, fields) "
                 "SELECT %s, v.id, v.email, ARRAY(SELECT jsonb_array_elements_text(v.phones)), v.fields "
-                "FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::jsonb[]) AS v(id, email, phones, fields)",
+                "FROM unnest(%b::text[], %b::text[], %b::jsonb[], %b::jsonb[]) AS v(id, email, phones, fields)",
                 (db_id, list(ids), list(emails), [Jsonb(p) for p in phones], list(fields)),
             )
         if rows.profile_updates:
@@ -502,7 +502,7 @@ def _execute(conn: psycopg.Connection[Any], db_id: int, rows: _Rows, outcome: Ba
             ids, kinds, feedback_ids, payloads = zip(*rows.events)
             conn.execute(
                 "INSERT INTO events (db_id, profile_id, kind, feedback_id, payload) "
-                "SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::text[], %s::jsonb[])",
+                "SELECT %s, * FROM unnest(%b::text[], %b::text[], %b::text[], %b::jsonb[])",
                 (db_id, list(ids), list(kinds), list(feedback_ids), list(payloads)),
             )
             outcome.events.extend(
@@ -545,7 +545,7 @@ UPDATE profiles AS p SET
                   ELSE '{}' END,
     fields = (p.fields || (u.doc->'set')) - ARRAY(SELECT jsonb_array_elements_text(u.doc->'clear')),
     updated_at = now()
-FROM unnest(%s::text[], %s::jsonb[]) AS u(profile_id, doc)
+FROM unnest(%b::text[], %b::jsonb[]) AS u(profile_id, doc)
 WHERE p.db_id = %s AND p.profile_id = u.profile_id
 """
 
@@ -554,8 +554,8 @@ INSERT INTO subscriptions (db_id, resource_id, channel, provider, address, profi
                            status, priority, custom_fields, cats)
 SELECT %s, v.resource_id, v.channel, v.provider, v.address, v.profile_id, v.status, v.priority,
        v.custom_fields, ARRAY(SELECT jsonb_array_elements_text(v.cats))
-FROM unnest(%s::int[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],
-            %s::jsonb[], %s::jsonb[])
+FROM unnest(%b::int[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[],
+            %b::jsonb[], %b::jsonb[])
      AS v(resource_id, channel, provider, address, profile_id, status, priority, custom_fields, cats)
 """
 
@@ -570,7 +570,7 @@ UPDATE subscriptions AS s SET
                 THEN ARRAY(SELECT jsonb_array_elements_text(u.doc->'cats'))
                 ELSE '{}' END,
     updated_at = now()
-FROM unnest(%s::int[], %s::text[], %s::text[], %s::text[], %s::jsonb[])
+FROM unnest(%b::int[], %b::text[], %b::text[], %b::text[], %b::jsonb[])
      AS u(resource_id, channel, provider, address, doc)
 WHERE s.db_id = %s AND s.resource_id = u.resource_id AND s.channel = u.channel
   AND s.provider = u.provider AND s.address = u.address
@@ -607,7 +607,7 @@ def _log_results(conn: psycopg.Connection[Any], db_id: int, logged: list[tuple[b
         return
     conn.execute(
         "INSERT INTO message_log (db_id, message_key, result) "
-        "SELECT %s, k, r FROM unnest(%s::bytea[], %s::bytea[]) AS t(k, r) "
+        "SELECT %s, k, r FROM unnest(%b::bytea[], %b::bytea[]) AS t(k, r) "
         "ON CONFLICT (db_id, message_key) DO UPDATE SET result = EXCLUDED.result, applied_at = now()",
         (db_id, list(latest), list(latest.values())),
     )
