@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +11,6 @@ from .errors import Forbidden, NotFound
 
 log = logging.getLogger(__name__)
 
-NOT_CUSTOM_FIELDS = frozenset({"email", "phones", "subscriptions"})
 FIELD_TYPES = ("int", "float", "string", "bool", "date", "list", "ip", "tags", "object", "arr_object")
 
 # A catalog miss (an id or field we do not know) reloads at most this often, so a
@@ -118,13 +117,11 @@ class Catalog:
             )
         return db
 
-    def knows_fields(self, db: Database, names: Iterable[str]) -> Database:
-        """`db`, reloaded if `names` hold a custom field declared since our snapshot."""
-        if all(name in db.fields or name in NOT_CUSTOM_FIELDS or name.startswith("_") for name in names):
-            return db
+    def reloaded(self, db: Database) -> Database | None:
+        """`db` freshly loaded, if a reload is allowed now (at most once a second)."""
         if not self._reload_on_miss():
-            return db
-        return self._snapshot.databases.get(db.db_id, db)
+            return None
+        return self._snapshot.databases.get(db.db_id)
 
 
 def build_databases(rows: Mapping[str, list[tuple[Any, ...]]]) -> dict[int, Database]:

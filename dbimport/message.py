@@ -42,8 +42,8 @@ class Envelope:
     resource_id: int | None
 
 
-def decode(raw: bytes, *, max_bytes: int, max_depth: int) -> dict[str, Any]:
-    """The body as a JSON object; 413 if too large, 400 for anything else wrong."""
+def parse(raw: bytes, *, max_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object; 413 if too large, 400 if it is not one."""
     if len(raw) > max_bytes:
         raise TooLarge(f"message is {len(raw)} bytes, over the limit of {max_bytes}")
     if not raw.strip():
@@ -54,12 +54,16 @@ def decode(raw: bytes, *, max_bytes: int, max_depth: int) -> dict[str, Any]:
         raise BadInput(f"message is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(message, dict):
         raise BadInput(f"message must be a JSON object, not {type(message).__name__}")
+    return message
+
+
+def check_limits(message: dict[str, Any], raw: bytes, *, max_depth: int) -> None:
+    """400 if the object nests deeper than `max_depth` or holds a NUL character."""
     # A cheap bound first: no more brackets than the limit means no deeper nesting.
     if raw.count(b"{") + raw.count(b"[") > max_depth:
         check_depth(message, max_depth)
     if b"\\u0000" in raw:
         check_no_nul(message)
-    return message
 
 
 def check_depth(value: Any, max_depth: int) -> None:

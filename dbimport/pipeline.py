@@ -18,9 +18,11 @@ from .config import Settings, log_safe
 from .errors import BadInput, Transient, WriteRace
 from .events import TriggerEvent
 from .fields import Limits
-from .message import MessageValidator, decode, feedback_id_of
+from .catalog import Database
+from .matcher import Matcher, Query
+from .message import Envelope, MessageValidator, check_limits, feedback_id_of, parse
 from .plugins import Registry
-from .profile_data import check_data
+from .profile_data import ProfileWrite, check_data
 from .results import Result
 from .retry import database_retry
 from .store import Store
@@ -164,19 +166,20 @@ class Pipeline:
         """Decode, validate, check tenancy and data: a Job, or the answer already."""
         message: Any = None
         try:
-            message = decode(
-                delivery.body,
-                max_bytes=self.settings.max_message_bytes,
-                max_depth=self.settings.max_depth,
-            )
+            message = parse(delivery.body, max_bytes=self.settings.max_message_bytes)
+            check_limits(message, delivery.body, max_depth=self.settings.max_depth)
             envelope = self.validator.validate(message)
             db = self.catalog.database(envelope.account_id, envelope.db_id)
-            db = self.catalog.knows_fields(db, envelope.data)
-            if envelope.resource_id is not None:
-                db.resource(envelope.resource_id)
             matcher = self.registry[envelope.mode]
-            query = matcher.prepare(envelope.body, db)
-            write = check_data(envelope.data, db, self.limits, max_subscriptions=self.settings.max_subscriptions)
+            try:
+                query, write = self._match_and_check(envelope, matcher, db)
+            except BadInput:
+                # Maybe a field or resource was declared since the catalog was read.
+                fresh = self.catalog.reloaded(db)
+                if fresh is None:
+                    raise
+                db = fresh
+                query, write = self._match_and_check(envelope, matcher, db)
         except BadInput as exc:
             return Outcome(delivery, Result.failed(exc, feedback_id=feedback_id_of(message)))
         except Transient:
@@ -194,6 +197,13 @@ class Pipeline:
             message_key=message_key(delivery),
             maybe_applied=delivery.redelivered or retried,
         )
+
+    def _match_and_check(self, envelope: Envelope, matcher: Matcher, db: Database) -> tuple[Query, ProfileWrite]:
+        if envelope.resource_id is not None:
+            db.resource(envelope.resource_id)
+        query = matcher.prepare(envelope.body, db)
+        write = check_data(envelope.data, db, self.limits, max_subscriptions=self.settings.max_subscriptions)
+        return query, write
 
     def _internal_failure(self, delivery: Delivery, failure: _Internal) -> Outcome:
         """Count the failure; give the message back, or after too many, bury it."""
@@ -229,14 +239,14 @@ class Pipeline:
 
     def _feedback_id(self, delivery: Delivery) -> str:
         try:
-            return feedback_id_of(decode(delivery.body, max_bytes=self.settings.max_message_bytes, max_depth=10**6))
+            return feedback_id_of(parse(delivery.body, max_bytes=self.settings.max_message_bytes))
         except BadInput:
             return ""
 
     def _db_id(self, delivery: Delivery, message: Any = None) -> int:
         if message is None:
             try:
-                message = decode(delivery.body, max_bytes=self.settings.max_message_bytes, max_depth=10**6)
+                message = parse(delivery.body, max_bytes=self.settings.max_message_bytes)
             except BadInput:
                 return UNKNOWN_DB_ID
         db_id = message.get("db_id") if isinstance(message, dict) else None

@@ -37,15 +37,24 @@ def get_plugin_manager(
     if entry_points:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     for plugin in extra_plugins:
-        pm.register(plugin)
+        pm.register(plugin, name=_name_of(plugin))
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
+        name = pm.get_name(exc.plugin) or repr(exc.plugin)
         raise PluginError(
-            f"plugin {exc.plugin!r} implements a hook dbimport does not define: {exc}; "
+            f"plugin {name} implements a hook dbimport does not define: {exc}; "
             "check the hook's name against dbimport.hookspecs"
         ) from None
     return pm
+
+
+def _name_of(plugin: Any) -> str:
+    """A module's name, else the object's class path (with its id if not unique)."""
+    name = getattr(plugin, "__name__", None)
+    if isinstance(name, str):
+        return name
+    return f"{type(plugin).__module__}.{type(plugin).__qualname__}@{id(plugin):x}"
 
 
 @dataclass(frozen=True)
@@ -64,10 +73,12 @@ class Registry(Mapping[str, Matcher]):
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.plugin_manager = pm
         distributions = _distributions(pm)
-        own_version = _version("dbimport")
+        for name in BUILTIN_PLUGINS:
+            distributions[name] = ("dbimport", _version("dbimport"))
         self._by_mode: dict[str, Registration] = {}
         for impl in pm.hook.dbimport_register_matchers.get_hookimpls():
-            package, version = distributions.get(impl.plugin_name, ("dbimport", own_version))
+            # Neither built in nor from an entry point: registered by the embedding code.
+            package, version = distributions.get(impl.plugin_name, ("(in-process)", "-"))
             for matcher in impl.function() or ():
                 self._add(Registration(matcher, impl.plugin_name, package, version))
 

@@ -116,6 +116,7 @@ class Worker:
             depth = self.broker.queue_depth()
             return not (depth == 0 and self.broker.buffered == 0)
         started = self._clock()
+        self.catalog.refresh_if_stale()
         batch = self.pipeline.handle(deliveries, sleep=self.broker.sleep)
         self.settle(batch.outcomes)
         self._count(batch, self._clock() - started)
