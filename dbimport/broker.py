@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -73,7 +74,10 @@ def connection_parameters(settings: Settings) -> pika.ConnectionParameters:
         blocked_connection_timeout=BLOCKED_CONNECTION_TIMEOUT_S,
         socket_timeout=SOCKET_TIMEOUT_S,
         ssl_options=ssl_options,
-        client_properties={"connection_name": "dbimport-worker"},
+        # Shown by `rabbitmqctl list_connections client_properties` and the management UI.
+        client_properties={
+            "connection_name": f"dbimport-worker pid={os.getpid()} queue={settings.import_queue}"
+        },
         connection_attempts=1,
     )
 
