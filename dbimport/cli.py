@@ -122,15 +122,19 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None) -> 
         handler = COMMANDS[args.command]
         return handler(args, settings, out)
     except (ConfigError, PluginError) as exc:
-        message = log_safe(str(exc), settings)
-        log.error("configuration error: %s", message)
-        print(f"dbimport-worker: configuration error: {message}", file=sys.stderr)
+        _fatal(f"configuration error: {log_safe(str(exc), settings)}")
         return EX_CONFIG
     except Transient as exc:
-        message = log_safe(str(exc), settings)
-        log.error("service unavailable: %s", message)
-        print(f"dbimport-worker: service unavailable: {message}", file=sys.stderr)
+        _fatal(f"service unavailable: {log_safe(str(exc), settings)}")
         return EX_UNAVAILABLE
+
+
+def _fatal(message: str) -> None:
+    """One line: through the log (file and stderr) once it is set up, else on stderr."""
+    if logging.getLogger().handlers:
+        log.error("%s", message)
+    else:
+        print(f"dbimport-worker: {message}", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -159,6 +163,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         except ServiceUnavailable as exc:
             log.error("a service stayed unreachable; giving up: %s", exc)
             return EX_UNAVAILABLE
+        except (ConfigError, PluginError):
+            raise
         except Exception:
             log.exception("the worker stopped on an unexpected error")
             return EX_SOFTWARE

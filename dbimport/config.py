@@ -225,7 +225,8 @@ def load_settings(
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
-_KW_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+# The look-ahead leaves an already masked value alone (a line logged twice).
+_KW_PASSWORD = re.compile(r"(password\s*=\s*)(?!\*\*\*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
 
 def redact_dsn(dsn: str) -> str:

@@ -152,6 +152,8 @@ class MessageValidator:
         try:
             fast(message)
         except fastjsonschema.JsonSchemaException:
+            # The envelope's own keys first: a missing `data` is named before `email`.
+            self._raise_first_error(self._base_precise, message)
             self._raise_first_error(self._precise[mode], message)
             raise BadInput("message does not match the message schema") from None
         resource_id = message.get("resource_id")
