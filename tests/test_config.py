@@ -1,0 +1,212 @@
+"""Configuration: main.json and the environment, bad values (exit 78), and secrets kept out of sight."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dbimport.config import CONFIG_PATH_ENV, Settings, keys, load_settings, log_safe
+from dbimport.errors import ConfigError
+
+EX_UNAVAILABLE, EX_CONFIG = 69, 78
+PG_SECRET = "pgS3cretValue"
+MQ_SECRET = "mqS3cretValue"
+
+
+def write_config(tmp_path: Path, values: dict[str, Any]) -> Path:
+    path = tmp_path / "main.json"
+    path.write_text(json.dumps(values))
+    return path
+
+
+def worker_env(config: Path, **extra: str) -> dict[str, str]:
+    """No configuration key of the caller's environment leaks into the worker's."""
+    env = {k: v for k, v in os.environ.items() if k not in keys() and k != CONFIG_PATH_ENV}
+    env[CONFIG_PATH_ENV] = str(config)
+    env.update(extra)
+    return env
+
+
+def worker(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dbimport", *args], env=env, cwd=Path(env[CONFIG_PATH_ENV]).parent,
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+# --- values ---------------------------------------------------------------------------
+
+
+def test_values_may_be_numbers_or_numeric_strings(tmp_path: Path) -> None:
+    """Given the platform's main.json, which writes some numbers as strings, then both read alike."""
+    config = write_config(tmp_path, {
+        "RABBITMQ_X_MESSAGE_TTL": "86400",
+        "RABBITMQ_PORT": "5673",
+        "IMPORT_PREFETCH": 2000,
+        "IMPORT_BATCH_SIZE": "250",
+        "IMPORT_MAX_MESSAGE_BYTES": 2097152,
+        "IMPORT_LOG_INTERVAL_S": "0.5",
+    })
+    s = load_settings(config, environ={})
+    assert (s.result_ttl_s, s.result_ttl_ms) == (86400, 86_400_000)
+    assert (s.rabbitmq_port, s.prefetch, s.batch_size) == (5673, 2000, 250)
+    assert s.max_message_bytes == 2 * 1024 * 1024
+    assert s.log_interval_s == 0.5
+
+
+def test_the_defaults_are_the_contracts(tmp_path: Path) -> None:
+    s = load_settings(write_config(tmp_path, {}), environ={})
+    assert (s.rabbitmq_host, s.rabbitmq_port, s.rabbitmq_vhost, s.rabbitmq_user) == ("127.0.0.1", 5672, "/", "guest")
+    assert (s.import_queue, s.result_queue, s.dead_queue) == (
+        "database_import", "database_import_result", "database_import.dead")
+    assert (s.result_ttl_ms, s.log_path, s.log_level, s.max_message_bytes) == (
+        86_400_000, "job_server.log", "INFO", 1024 * 1024)
+
+
+def test_an_environment_variable_overrides_the_file(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"RABBITMQ_HOST": "from-file", "RABBITMQ_X_MESSAGE_TTL": 60, "IMPORT_QUEUE": "q.file"})
+    s = load_settings(config, environ={"RABBITMQ_HOST": "from-env", "RABBITMQ_X_MESSAGE_TTL": "120"})
+    assert s.rabbitmq_host == "from-env"
+    assert s.result_ttl_ms == 120_000
+    assert s.import_queue == "q.file"
+
+
+def test_the_config_path_may_come_from_the_environment(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"IMPORT_QUEUE": "q.by-env-path"})
+    assert load_settings(environ={CONFIG_PATH_ENV: str(config)}).import_queue == "q.by-env-path"
+
+
+def test_unknown_keys_are_ignored(tmp_path: Path) -> None:
+    """main.json is shared with the rest of the platform: its other keys are not ours to judge."""
+    config = write_config(tmp_path, {"REDIS_HOST": "10.0.0.1", "MAILER": {"pool": [1, 2]}, "IMPORT_QUEUE": "q"})
+    assert load_settings(config, environ={}).import_queue == "q"
+
+
+@pytest.mark.parametrize("key, value", [
+    ("RABBITMQ_PORT", "abc"),
+    ("RABBITMQ_PORT", 70000),
+    ("IMPORT_PREFETCH", 0),
+    ("IMPORT_BATCH_SIZE", "1.5"),
+    ("DEFAULT_LOG_LEVEL", "LOUD"),
+    ("RABBITMQ_X_MESSAGE_TTL", "a day"),
+    ("RABBITMQ_X_MESSAGE_TTL", -1),
+    ("IMPORT_MAX_MESSAGE_BYTES", True),
+    ("IMPORT_LOG_INTERVAL_S", "often"),
+    ("IMPORT_QUEUE", ""),
+    ("POSTGRES_DSN", "host=x port"),
+])
+def test_a_bad_value_is_refused_naming_its_key(tmp_path: Path, key: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(write_config(tmp_path, {key: value}), environ={})
+    assert raised.value.key == key
+    assert str(raised.value).startswith(f"{key}: ")
+
+
+@pytest.mark.parametrize("key, value", [
+    ("RABBITMQ_PORT", "abc"),
+    ("IMPORT_PREFETCH", 0),
+    ("DEFAULT_LOG_LEVEL", "LOUD"),
+])
+def test_run_with_a_bad_value_exits_78_with_one_line_naming_the_key(tmp_path: Path, key: str, value: Any) -> None:
+    done = worker("run", "--until-empty", env=worker_env(write_config(tmp_path, {key: value})))
+    assert done.returncode == EX_CONFIG, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert key in lines[0]
+
+
+def test_a_bad_value_in_the_environment_exits_78_too(tmp_path: Path) -> None:
+    env = worker_env(write_config(tmp_path, {"RABBITMQ_PORT": 5672}), RABBITMQ_PORT="abc")
+    done = worker("run", "--until-empty", env=env)
+    assert done.returncode == EX_CONFIG
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "RABBITMQ_PORT" in lines[0], done.stderr
+
+
+def test_a_config_file_that_is_not_json_exits_78(tmp_path: Path) -> None:
+    config = tmp_path / "main.json"
+    config.write_text('{"RABBITMQ_PORT": 5672,')
+    done = worker("run", "--until-empty", env=worker_env(config))
+    assert done.returncode == EX_CONFIG
+    assert str(config) in done.stderr
+
+
+# --- secrets --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dsn", [
+    f"postgresql://importer:{PG_SECRET}@db.internal:5432/dbimport",
+    f"postgres://importer:{PG_SECRET}@db.internal/dbimport?sslmode=require",
+    f"host=db.internal user=importer password={PG_SECRET} dbname=dbimport",
+    f"host=db.internal password = '{PG_SECRET} with space' dbname=dbimport",
+])
+def test_passwords_never_appear_in_repr(dsn: str) -> None:
+    s = Settings(postgres_dsn=dsn, rabbitmq_pass=MQ_SECRET)
+    for text in (repr(s), str(s), f"{s}", repr(s.replace(import_queue="q2")), repr([s])):
+        assert PG_SECRET not in text
+        assert MQ_SECRET not in text
+    # Still useful to an operator: the host is shown.
+    assert "db.internal" in repr(s)
+
+
+@pytest.mark.parametrize("dsn", [
+    f"host=db.internal password={PG_SECRET} dbname=dbimport",
+    f"host=db.internal dbname=dbimport password={PG_SECRET}",
+    f"postgresql://importer:{PG_SECRET}@db.internal/dbimport",
+])
+def test_masking_an_already_masked_repr_leaves_it_intact(dsn: str) -> None:
+    """The log filter masks every line again, the start line's settings included:
+    that must not eat the quote and comma after a masked password."""
+    s = Settings(postgres_dsn=dsn, rabbitmq_pass=MQ_SECRET)
+    assert log_safe(repr(s), s) == repr(s)
+
+
+CLOSED_PORT_DSNS = {
+    "url": f"postgresql://importer:{PG_SECRET}@127.0.0.1:1/dbimport",
+    "key=value": f"host=127.0.0.1 port=1 user=importer password={PG_SECRET} dbname=dbimport",
+}
+
+
+@pytest.mark.parametrize("form", sorted(CLOSED_PORT_DSNS))
+def test_a_failing_start_exits_69_and_logs_no_password(tmp_path: Path, queues: dict[str, str], form: str) -> None:
+    """Given a DSN with a password pointing at a closed port, when `run --until-empty` gives up,
+    then it exits 69 and neither the job log nor stderr holds a password."""
+    log_file = tmp_path / "job_server.log"
+    env = worker_env(
+        write_config(tmp_path, {"RABBITMQ_PASS": MQ_SECRET}),
+        POSTGRES_DSN=CLOSED_PORT_DSNS[form], IMPORT_CONNECT_TIMEOUT_S="1", JOB_SERVER_LOG=str(log_file),
+        IMPORT_QUEUE=queues["import_queue"], IMPORT_RESULT_QUEUE=queues["result_queue"],
+        IMPORT_DEAD_QUEUE=queues["dead_queue"],
+    )
+    done = worker("run", "--until-empty", env=env)
+    assert done.returncode == EX_UNAVAILABLE, done.stderr
+    log = log_file.read_text()
+    assert "giving up" in log, log
+    for text in (log, done.stderr, done.stdout):
+        assert PG_SECRET not in text
+        assert MQ_SECRET not in text
+
+
+def test_a_broker_refusing_the_start_logs_no_password(tmp_path: Path, settings: Settings) -> None:
+    """Given a reachable store whose DSN carries a password, and a broker at a closed port."""
+    log_file = tmp_path / "job_server.log"
+    env = worker_env(
+        write_config(tmp_path, {"RABBITMQ_PASS": MQ_SECRET, "RABBITMQ_PORT": 1}),
+        # Trust authentication ignores the password; the worker must still hide it.
+        POSTGRES_DSN=f"{settings.postgres_dsn} password={PG_SECRET}",
+        IMPORT_CONNECT_TIMEOUT_S="1", JOB_SERVER_LOG=str(log_file),
+        IMPORT_QUEUE=settings.import_queue, IMPORT_RESULT_QUEUE=settings.result_queue,
+        IMPORT_DEAD_QUEUE=settings.dead_queue,
+    )
+    done = worker("run", "--until-empty", env=env)
+    assert done.returncode == EX_UNAVAILABLE, done.stderr
+    log = log_file.read_text()
+    assert "RabbitMQ" in log, log
+    for text in (log, done.stderr, done.stdout):
+        assert PG_SECRET not in text
+        assert MQ_SECRET not in text

@@ -1,0 +1,117 @@
+"""The job log: every error result in it, reopened after logrotate, and the periodic throughput line."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from conftest import Harness, msg
+from dbimport.config import CONFIG_PATH_ENV, Settings, keys
+
+WAIT_S = 15.0
+
+
+def worker_env(settings: Settings, tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in keys() and k != CONFIG_PATH_ENV}
+    config = tmp_path / "main.json"
+    config.write_text("{}")
+    env.update({
+        CONFIG_PATH_ENV: str(config), "POSTGRES_DSN": settings.postgres_dsn,
+        "RABBITMQ_HOST": settings.rabbitmq_host, "RABBITMQ_PORT": str(settings.rabbitmq_port),
+        "IMPORT_QUEUE": settings.import_queue, "IMPORT_RESULT_QUEUE": settings.result_queue,
+        "IMPORT_DEAD_QUEUE": settings.dead_queue, "JOB_SERVER_LOG": settings.log_path,
+        "IMPORT_BATCH_WAIT_MS": "20", "IMPORT_CONNECT_TIMEOUT_S": "5",
+    })
+    env.update(extra)
+    return env
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dbimport", *args]
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def holds(path: Path, text: str) -> Callable[[], bool]:
+    return lambda: path.exists() and text in path.read_text()
+
+
+def test_every_error_result_is_logged_with_its_feedback_id_code_and_text(harness: Harness, tmp_path: Path) -> None:
+    harness.publish(
+        b"{not json",
+        msg(db_id=99, email="a@example.com", feedback_id="fb-404"),
+        {"account_id": 1, "db_id": 1, "feedback_id": "fb-400"},
+        msg(db_id=3, email="a@example.com", feedback_id="fb-403"),
+        msg(email="x@example.com", data={"_fname": "x" * 3000}, feedback_id="fb-413"),
+        msg(email="ok@example.com", feedback_id="fb-ok"),
+    )
+    env = worker_env(harness.settings, tmp_path, IMPORT_MAX_MESSAGE_BYTES="2048")
+    done = subprocess.run(command("run", "--until-empty"), env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+    results = harness.results()
+    assert sorted(r["error"] for r in results) == [0, 400, 400, 403, 404, 413]
+    log = Path(harness.settings.log_path).read_text().splitlines()
+    for result in results:
+        if result["error"] == 0:
+            continue
+        lines = [
+            line for line in log
+            if result["error_text"] in line and str(result["error"]) in line
+            and repr(result["feedback_id"]) in line
+        ]
+        assert lines, f"no log line for {result}:\n" + "\n".join(log)
+
+
+def test_the_log_file_is_reopened_after_logrotate_moves_it(harness: Harness, tmp_path: Path) -> None:
+    """Given a running worker, when logrotate renames its log, then the next lines go to a new
+    file of the configured name, and SIGTERM stops the worker with exit 0."""
+    log_file = Path(harness.settings.log_path)
+    rotated = log_file.with_name(log_file.name + ".1")
+    process = subprocess.Popen(command("run", "--max-runtime", "30"), env=worker_env(harness.settings, tmp_path),
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        harness.publish(msg(db_id=99, feedback_id="before-rotate"))
+        wait_for(holds(log_file, "before-rotate"), "the first error line")
+        log_file.rename(rotated)
+        harness.publish(msg(db_id=99, feedback_id="after-rotate"))
+        wait_for(holds(log_file, "after-rotate"), "the error line in a new file")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=WAIT_S) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "before-rotate" in rotated.read_text()
+    assert "after-rotate" not in rotated.read_text()
+    assert "stopped:" in log_file.read_text()
+    assert [r["feedback_id"] for r in harness.results()] == ["before-rotate", "after-rotate"]
+
+
+def test_the_throughput_line_comes_every_log_interval(harness: Harness, tmp_path: Path) -> None:
+    interval_s = 0.3
+    harness.publish(*(msg(email=f"t{i}@example.com") for i in range(3)))
+    env = worker_env(harness.settings, tmp_path, IMPORT_LOG_INTERVAL_S=str(interval_s))
+    done = subprocess.run(command("run", "--max-runtime", "2.5"), env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+    lines = [line for line in Path(harness.settings.log_path).read_text().splitlines() if "msg/s" in line]
+    assert len(lines) >= 3, lines
+    times = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for line in lines]
+    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+    # Never more often than the interval; an idle worker looks at the clock every half second.
+    assert all(interval_s - 0.01 <= gap <= interval_s + 1.0 for gap in gaps), gaps
+    assert "handled 3 messages" in lines[-1], lines[-1]
