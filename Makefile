@@ -1,0 +1,24 @@
+# Shortcuts for a development machine. The README's commands are the scripts:
+# a fresh Debian machine has no make. `bench` and `check` use the .venv that
+# scripts/demo or scripts/test sets up.
+SHELL := /bin/bash
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: demo test bench check
+
+## demo: set up, import examples/messages.jsonl with main.json, print the results
+demo:
+	scripts/demo
+
+## test: set up and run the test suite (make test PYTEST_ARGS="-q -k email")
+test:
+	scripts/test $(PYTEST_ARGS)
+
+## bench: the throughput benchmark against the local services (see bench/)
+bench:
+	env=$$(scripts/services) && eval "$$env" && .venv/bin/python bench/throughput.py $(BENCH_ARGS)
+
+## check: dbimport-worker check with main.json (services, schema, queues)
+check:
+	env=$$(scripts/services) && eval "$$env" && .venv/bin/dbimport-worker --config main.json check
