@@ -192,6 +192,12 @@ def error_text(error: jsonschema.exceptions.ValidationError) -> str:
         name = match.group(1) if match else "a key"
         return f"{_join(path, name)} is required"
     subject = path or "message"
+    alternatives = error.validator_value if keyword == "anyOf" else None
+    if isinstance(alternatives, list) and all(
+        isinstance(a, dict) and set(a) == {"required"} for a in alternatives
+    ):
+        names = [" and ".join(a["required"]) for a in alternatives]
+        return f"{' or '.join(_join(path, n) for n in names)} is required"
     if keyword == "type":
         expected = error.validator_value
         names = [expected] if isinstance(expected, str) else list(expected)

@@ -111,12 +111,12 @@ def touch(job: Job) -> Touch:
     for sub in job.write.subscriptions:
         writes.add(subscription_key(sub))
         for name, value in sub.values.get("custom_fields", {}).items():
-            kind = f"subscription_field:{name}"
-            exact = None if value is None else Key(kind, canonical(value))
-            if exact is not None:
-                writes.add(exact)
-            if exact not in reads:
-                removes.add(kind)
+            for kind, canon in _field_identities(f"subscription_field:{name}", value):
+                exact = None if canon is None else Key(kind, canon)
+                if exact is not None:
+                    writes.add(exact)
+                if exact not in reads:
+                    removes.add(kind)
     return Touch(frozenset(reads), frozenset(writes), frozenset(removes))
 
 
@@ -134,7 +134,18 @@ def _written_identities(write: ProfileWrite) -> Iterable[tuple[str, str | None]]
             for phone in value or ():
                 yield "phone", phone
         elif not name.startswith("_"):
-            yield f"field:{name}", None if value is None else canonical(value)
+            yield from _field_identities(f"field:{name}", value)
+
+
+def _field_identities(kind: str, value: Any) -> Iterable[tuple[str, str | None]]:
+    """A custom field's identity values: one per tag of a tags value (as `custom` keys them)."""
+    if value is None or value == []:
+        yield kind, None
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        for tag in value:
+            yield kind, canonical(tag)
+    else:
+        yield kind, canonical(value)
 
 
 def subscription_key(sub: SubscriptionWrite) -> Key:

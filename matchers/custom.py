@@ -40,6 +40,13 @@ def match_value(message: Mapping[str, Any], declared: Mapping[str, FieldDecl], o
     return name, value
 
 
+def field_keys(kind: str, value: Any) -> tuple[Key, ...]:
+    """One key per tag of a tags value (a profile holding all tags matches), else one key."""
+    if isinstance(value, list):
+        return tuple(Key(kind, canonical(tag)) for tag in value)
+    return (Key(kind, canonical(value)),)
+
+
 class CustomMatcher(Matcher):
     name = "custom"
     description = "a declared custom field of the database (tags: the profile holds all given tags)"
@@ -48,7 +55,7 @@ class CustomMatcher(Matcher):
     def prepare(self, message: Mapping[str, Any], db: Database) -> Query:
         name, value = match_value(message, db.fields, f"database {db.db_id}")
         return Query(
-            keys=(Key(f"field:{name}", canonical(value)),),
+            keys=field_keys(f"field:{name}", value),
             matching_field=name,
             values={"field_name": name, "field_value": value},
         )

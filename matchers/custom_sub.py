@@ -6,11 +6,11 @@ from typing import Any
 
 from dbimport.catalog import Database
 from dbimport.hookspecs import hookimpl
-from dbimport.lookup import Lookup, canonical
-from dbimport.matcher import Found, Key, Matcher, Query
+from dbimport.lookup import Lookup
+from dbimport.matcher import Found, Matcher, Query
 
 from ._shared import resource_of
-from .custom import FIELD_SCHEMA, match_value
+from .custom import FIELD_SCHEMA, field_keys, match_value
 
 
 class CustomSubMatcher(Matcher):
@@ -28,7 +28,7 @@ class CustomSubMatcher(Matcher):
         )
         name, value = match_value(message, db.subscription_fields(resource_id), owner)
         return Query(
-            keys=(Key(f"subscription_field:{name}", canonical(value)),),
+            keys=field_keys(f"subscription_field:{name}", value),
             matching_field=name,
             resource_id=resource_id,
             values={"field_name": name, "field_value": value},
