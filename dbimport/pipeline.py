@@ -66,6 +66,19 @@ def message_key(delivery: Delivery) -> bytes:
     return digest.digest()[:16]
 
 
+def db_id_of(body: bytes, message: Any = None) -> int:
+    """The body's db_id if it is a valid one, else UNKNOWN_DB_ID: the key of its failure count."""
+    if message is None:
+        try:
+            message = parse(body, max_bytes=len(body))
+        except BadInput:
+            return UNKNOWN_DB_ID
+    db_id = message.get("db_id") if isinstance(message, dict) else None
+    if isinstance(db_id, int) and not isinstance(db_id, bool) and 1 <= db_id <= 2**31 - 1:
+        return db_id
+    return UNKNOWN_DB_ID
+
+
 @dataclass(slots=True)
 class _Internal:
     """A message that failed for a reason other than its input."""
@@ -149,11 +162,11 @@ class Pipeline:
             except Transient as exc:
                 if not isinstance(exc, WriteRace):
                     raise
-                single = Batch([self._internal_failure(delivery, _Internal(self._db_id(delivery), str(exc)))])
+                single = Batch([self._internal_failure(delivery, _Internal(db_id_of(delivery.body), str(exc)))])
             except Exception as exc:
                 log.error("message failed: %s", self._safe(exc), exc_info=True)
                 reason = f"{type(exc).__name__}: {self._safe(exc)}"
-                single = Batch([self._internal_failure(delivery, _Internal(self._db_id(delivery), reason))])
+                single = Batch([self._internal_failure(delivery, _Internal(db_id_of(delivery.body), reason))])
             merged.outcomes.extend(single.outcomes)
             merged.events.extend(single.events)
             merged.created += single.created
@@ -186,7 +199,7 @@ class Pipeline:
             raise
         except Exception as exc:
             log.error("preparing a message failed: %s", self._safe(exc), exc_info=True)
-            return _Internal(self._db_id(delivery, message), f"{type(exc).__name__}: {self._safe(exc)}")
+            return _Internal(db_id_of(delivery.body, message), f"{type(exc).__name__}: {self._safe(exc)}")
         return Job(
             index=index,
             envelope=envelope,
@@ -242,17 +255,6 @@ class Pipeline:
             return feedback_id_of(parse(delivery.body, max_bytes=self.settings.max_message_bytes))
         except BadInput:
             return ""
-
-    def _db_id(self, delivery: Delivery, message: Any = None) -> int:
-        if message is None:
-            try:
-                message = parse(delivery.body, max_bytes=self.settings.max_message_bytes)
-            except BadInput:
-                return UNKNOWN_DB_ID
-        db_id = message.get("db_id") if isinstance(message, dict) else None
-        if isinstance(db_id, int) and not isinstance(db_id, bool) and 1 <= db_id <= 2**31 - 1:
-            return db_id
-        return UNKNOWN_DB_ID
 
     def _safe(self, exc: BaseException) -> str:
         return log_safe(str(exc), self.settings)

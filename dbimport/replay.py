@@ -5,7 +5,7 @@ import logging
 
 from .broker import Delivery, move_dead_letters
 from .config import Settings
-from .pipeline import message_key
+from .pipeline import db_id_of, message_key
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -20,10 +20,12 @@ def replay_dead(settings: Settings, *, max_messages: int | None = None) -> int:
     store = Store(settings.postgres_dsn, application_name="dbimport-replay")
 
     def reset(delivery: Delivery) -> None:
-        key = message_key(delivery)
+        key, db_id = message_key(delivery), db_id_of(delivery.body)
         with store.transaction() as conn:
-            conn.execute("DELETE FROM delivery_failures WHERE message_key = %s", (key,))
-            conn.execute("DELETE FROM message_log WHERE message_key = %s", (key,))
+            conn.execute(
+                "DELETE FROM delivery_failures WHERE db_id = %s AND message_key = %s", (db_id, key)
+            )
+            conn.execute("DELETE FROM message_log WHERE db_id = %s AND message_key = %s", (db_id, key))
 
     try:
         moved = move_dead_letters(settings, before_publish=reset, max_messages=max_messages)
