@@ -45,6 +45,8 @@ class Delivery:
     message_id: str | None = None
     timestamp: int | None = None
     properties: Any = None
+    # Which connection of this worker it came on (see Broker.holds).
+    connection: int = 0
 
 
 @dataclass(slots=True)
@@ -103,6 +105,7 @@ class Broker:
         self._returned: list[bytes] = []
         self._consumer_tag: str | None = None
         self._last_tag = 0
+        self._connections = 0
         self.warnings: list[str] = []
 
     # --- lifecycle ---------------------------------------------------------------
@@ -110,6 +113,7 @@ class Broker:
     def connect(self) -> None:
         with _wrapped("connect"):
             self._connection = pika.BlockingConnection(connection_parameters(self.settings))
+            self._connections += 1
             self._publish = self._connection.channel()
             self.declare_queues()
             self._publish.tx_select()
@@ -195,6 +199,7 @@ class Broker:
             message_id=properties.message_id,
             timestamp=properties.timestamp,
             properties=properties,
+            connection=self._connections,
         ))
 
     def _on_cancel(self, _frame: Any) -> None:
@@ -222,6 +227,17 @@ class Broker:
             self._connection.process_data_events(time_limit=max(0.0, deadline - time.monotonic()))
             if done() or time.monotonic() >= deadline:
                 return
+
+    def holds(self, delivery: Delivery) -> bool:
+        """Whether `delivery` is still ours to settle: its connection is the current one and
+        still open. Reads what the broker sent, so a close it announced is seen."""
+        if self._connection is None or delivery.connection != self._connections:
+            return False
+        try:
+            self._connection.process_data_events(time_limit=0)
+        except (pika.exceptions.AMQPError, OSError):
+            return False
+        return self._connection.is_open and self._consume is not None and self._consume.is_open
 
     def queue_depth(self, queue: str | None = None) -> int:
         """Ready messages in `queue` (the input queue by default)."""

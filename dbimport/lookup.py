@@ -14,6 +14,11 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 
+# GIN look-ups run as one LATERAL probe per value (OFFSET 0 keeps the planner from
+# flattening them into a join): with stale statistics it would otherwise scan every
+# row of the database and filter. `::int` lets btree_gin use db_id in the index.
+
+
 class Lookup:
     """Reads the profile store for one database inside the batch's transaction.
 
@@ -36,7 +41,7 @@ class Lookup:
         return self._aligned(
             len(profile_ids),
             "SELECT v.i, p.profile_id FROM unnest(%b::text[]) WITH ORDINALITY AS v(id, i) "
-            "JOIN profiles p ON p.db_id = %s AND p.profile_id = v.id",
+            "JOIN profiles p ON p.db_id = %s::int AND p.profile_id = v.id",
             (list(profile_ids), self.db_id),
         )
 
@@ -45,7 +50,7 @@ class Lookup:
         return self._aligned(
             len(emails),
             "SELECT v.i, p.profile_id FROM unnest(%b::text[]) WITH ORDINALITY AS v(email, i) "
-            "JOIN profiles p ON p.db_id = %s AND p.email = v.email",
+            "JOIN profiles p ON p.db_id = %s::int AND p.email = v.email",
             (list(emails), self.db_id),
         )
 
@@ -54,7 +59,8 @@ class Lookup:
         return self._aligned(
             len(phones),
             "SELECT v.i, p.profile_id FROM unnest(%b::text[]) WITH ORDINALITY AS v(phone, i) "
-            "JOIN profiles p ON p.db_id = %s AND p.phones @> ARRAY[v.phone]",
+            "CROSS JOIN LATERAL (SELECT profile_id FROM profiles p WHERE p.db_id = %s::int "
+            "AND p.phones @> ARRAY[v.phone] OFFSET 0) p",
             (list(phones), self.db_id),
         )
 
@@ -67,7 +73,8 @@ class Lookup:
         return self._aligned(
             len(docs),
             "SELECT v.i, p.profile_id FROM unnest(%b::jsonb[]) WITH ORDINALITY AS v(doc, i) "
-            "JOIN profiles p ON p.db_id = %s AND p.fields @> v.doc",
+            "CROSS JOIN LATERAL (SELECT profile_id FROM profiles p WHERE p.db_id = %s::int "
+            "AND p.fields @> v.doc OFFSET 0) p",
             (docs, self.db_id),
         )
 
@@ -89,7 +96,7 @@ class Lookup:
             n,
             "SELECT v.i, s.profile_id FROM unnest(%b::text[], %b::int[], %b::text[]) "
             "WITH ORDINALITY AS v(address, resource_id, provider, i) "
-            "JOIN subscriptions s ON s.db_id = %s AND s.channel = %s AND s.address = v.address "
+            "JOIN subscriptions s ON s.db_id = %s::int AND s.channel = %s AND s.address = v.address "
             "AND s.provider = v.provider AND (v.resource_id IS NULL OR s.resource_id = v.resource_id)",
             (
                 list(addresses),
@@ -109,8 +116,9 @@ class Lookup:
             n,
             "SELECT v.i, s.profile_id FROM unnest(%b::jsonb[], %b::int[]) "
             "WITH ORDINALITY AS v(doc, resource_id, i) "
-            "JOIN subscriptions s ON s.db_id = %s AND s.custom_fields @> v.doc "
-            "AND (v.resource_id IS NULL OR s.resource_id = v.resource_id)",
+            "CROSS JOIN LATERAL (SELECT profile_id FROM subscriptions s WHERE s.db_id = %s::int "
+            "AND s.custom_fields @> v.doc "
+            "AND (v.resource_id IS NULL OR s.resource_id = v.resource_id) OFFSET 0) s",
             (
                 [Jsonb({name: value}) for value in values],
                 list(resource_ids) if resource_ids is not None else [None] * n,

@@ -4,6 +4,7 @@ Nothing here publishes or acks: the worker settles the outcomes.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from .profile_data import ProfileWrite, check_data
 from .results import Result
 from .retry import database_retry
 from .store import Store
+from .message_log import record
 from .writer import BatchOutcome, Job, apply_batch
 
 log = logging.getLogger(__name__)
@@ -92,13 +94,15 @@ class Pipeline:
 
     def __init__(
         self, *, settings: Settings, registry: Registry, catalog: Catalog, store: Store,
-        plugin_manager: pluggy.PluginManager,
+        plugin_manager: pluggy.PluginManager, holds: Callable[[Delivery], bool] = lambda d: True,
     ) -> None:
+        """`holds(delivery)`: whether the worker still holds it (see message_log)."""
         self.settings = settings
         self.registry = registry
         self.catalog = catalog
         self.store = store
         self.hooks = plugin_manager.hook
+        self.holds = holds
         self.validator = MessageValidator({mode: m.schema for mode, m in registry.items()})
         self.limits = Limits(
             max_string_chars=settings.max_string_chars, max_list_items=settings.max_list_items
@@ -209,6 +213,7 @@ class Pipeline:
             write=write,
             message_key=message_key(delivery),
             maybe_applied=delivery.redelivered or retried,
+            still_held=functools.partial(self.holds, delivery),
         )
 
     def _match_and_check(self, envelope: Envelope, matcher: Matcher, db: Database) -> tuple[Query, ProfileWrite]:
@@ -239,11 +244,7 @@ class Pipeline:
                 return Outcome(delivery, None)
             result = Result.internal(failure.reason, feedback_id=feedback_id)
             if failure.db_id != UNKNOWN_DB_ID:
-                conn.execute(
-                    "INSERT INTO message_log (db_id, message_key, result) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (db_id, message_key) DO UPDATE SET result = EXCLUDED.result",
-                    (failure.db_id, key, result.to_json()),
-                )
+                record(conn, failure.db_id, [(key, result)])
         log.error(
             "message (feedback_id=%r) failed %d times; answering 500 and moving it to %s",
             feedback_id, failures, self.settings.dead_queue,

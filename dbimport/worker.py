@@ -55,7 +55,7 @@ class Worker:
         self.catalog = Catalog(loader=self._read_catalog)
         self.pipeline = Pipeline(
             settings=settings, registry=self.registry, catalog=self.catalog,
-            store=self.store, plugin_manager=self.plugin_manager,
+            store=self.store, plugin_manager=self.plugin_manager, holds=self.broker.holds,
         )
         self.stats = Stats()
         self._clock = clock

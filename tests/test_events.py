@@ -128,7 +128,7 @@ def test_an_event_is_never_committed_without_its_write(harness: Harness, monkeyp
     def message_log_fails(*args: Any) -> None:
         raise RuntimeError("message log unavailable")
 
-    monkeypatch.setattr(writer, "_log_results", message_log_fails)
+    monkeypatch.setattr(writer, "record", message_log_fails)
     listener = Listener(harness.settings.postgres_dsn)
     harness.publish(msg(email="ann@example.com", data={"subscriptions": [EMAIL_SUB]}))
     run_with(harness.settings.replace(max_deliveries=1), listener)

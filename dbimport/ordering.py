@@ -1,0 +1,138 @@
+"""Order inside a batch: which messages may be looked up and written together.
+
+A batch is applied as consecutive segments. Within a segment every look-up
+runs before every write, so a message joins the current segment only if no
+earlier message of the segment could change what it finds: one that writes
+a value it matches on, that changes (or clears) a value of the profile it
+found, or that writes the same unique value (an e-mail, a subscription). Two
+messages that find the same profile share a segment: their writes are merged
+in message order. Segments never reorder messages.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .lookup import canonical
+from .matcher import Found, Key, Query
+from .profile_data import ProfileWrite, SubscriptionWrite
+
+if TYPE_CHECKING:
+    from .writer import Job
+
+# Kinds whose values several profiles may share; every other kind is unique
+# (a profile e-mail, a subscription's address).
+SHARED_KINDS = ("field:", "subscription_field:")
+_SUBSCRIPTION_KINDS = {"email": "email", "sms": "phone"}
+
+
+@dataclass(frozen=True, slots=True)
+class Effects:
+    """The identity values a message matches on, writes, and changes.
+
+    `changes` holds the kinds it sets to something other than the value it
+    matched on: the profile's old value of that kind may disappear.
+    """
+
+    reads: frozenset[Key]
+    writes: frozenset[Key]
+    changes: frozenset[str]
+
+
+def effects(query: Query, write: ProfileWrite) -> Effects:
+    reads = frozenset(query.keys)
+    writes: set[Key] = set()
+    changes: set[str] = set()
+    for kind, value in written_identities(write):
+        exact = None if value is None else Key(kind, value)
+        if exact is not None:
+            writes.add(exact)
+        if exact not in reads:
+            changes.add(kind)
+    return Effects(reads, frozenset(writes), frozenset(changes))
+
+
+def written_identities(write: ProfileWrite) -> Iterable[tuple[str, str | None]]:
+    """(kind, canonical value) of each identity value a write sets; None clears one.
+
+    System fields (`_fname`...) are no identity: no matcher searches them.
+    """
+    for name, value in write.values.items():
+        if name == "email":
+            yield "email", value
+        elif name == "phones":
+            if not value:
+                yield "phone", None
+            for phone in value or ():
+                yield "phone", phone
+        elif not name.startswith("_"):
+            yield from field_identities(f"field:{name}", value)
+    for sub in write.subscriptions:
+        key = subscription_key(sub)
+        yield key.kind, key.value
+        for name, value in sub.values.get("custom_fields", {}).items():
+            yield from field_identities(f"subscription_field:{name}", value)
+
+
+def field_identities(kind: str, value: Any) -> Iterable[tuple[str, str | None]]:
+    """A custom field's identity values: one per tag of a tags value (as `custom` keys them)."""
+    if value is None or value == []:
+        yield kind, None
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        for tag in value:
+            yield kind, canonical(tag)
+    else:
+        yield kind, canonical(value)
+
+
+def subscription_key(sub: SubscriptionWrite) -> Key:
+    """A subscription's identity, in the kind its channel's matchers search."""
+    if sub.channel == "push":
+        return Key("push", f"{sub.provider}\n{sub.address}")
+    return Key(_SUBSCRIPTION_KINDS.get(sub.channel, f"subscription:{sub.channel}"), sub.address)
+
+
+def _unique(keys: Iterable[Key]) -> set[Key]:
+    return {key for key in keys if not key.kind.startswith(SHARED_KINDS)}
+
+
+@dataclass
+class Segment:
+    """Messages applied together, with an index of what they write and change."""
+
+    jobs: list[Job] = field(default_factory=list)
+    _writes: set[Key] = field(default_factory=set)
+    _unique_writes: set[Key] = field(default_factory=set)
+    _changed: dict[str, set[str]] = field(default_factory=dict)
+
+    def conflicts(self, job: Job, found: Found) -> bool:
+        """Whether `job`'s look-up or write could be affected by this segment's writes."""
+        e = job.effects
+        if not e.reads.isdisjoint(self._writes) or not e.writes.isdisjoint(self._unique_writes):
+            return True
+        return any(
+            not found.profile_ids.isdisjoint(self._changed.get(key.kind, ())) for key in e.reads
+        )
+
+    def add(self, job: Job, found: Found) -> None:
+        e = job.effects
+        self.jobs.append(job)
+        writes = set(e.writes)
+        if not found.profile_ids and job.may_create:
+            writes |= e.reads  # the profile it creates holds its match values
+        self._writes |= writes
+        self._unique_writes |= _unique(writes)
+        if e.changes and len(found.profile_ids) == 1:
+            for kind in e.changes:
+                self._changed.setdefault(kind, set()).update(found.profile_ids)
+
+
+def next_segment(pending: Sequence[Job], found: dict[int, Found]) -> Segment:
+    """The longest prefix of `pending` that can be applied together."""
+    segment = Segment()
+    for job in pending:
+        if segment.jobs and segment.conflicts(job, found[job.index]):
+            break
+        segment.add(job, found[job.index])
+    return segment
