@@ -14,9 +14,10 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 
-# GIN look-ups run as one LATERAL probe per value (OFFSET 0 keeps the planner from
-# flattening them into a join): with stale statistics it would otherwise scan every
-# row of the database and filter. `::int` lets btree_gin use db_id in the index.
+# GIN look-ups run as one LATERAL probe per value, and db_id is checked outside it:
+# OFFSET 0 keeps the planner from flattening the probe into a join or pushing db_id
+# into it. Otherwise, on a growing table with stale statistics, it pairs each probe
+# with a scan of every row of the database (by the db_id-leading btree indexes).
 
 
 class Lookup:
@@ -59,8 +60,8 @@ class Lookup:
         return self._aligned(
             len(phones),
             "SELECT v.i, p.profile_id FROM unnest(%b::text[]) WITH ORDINALITY AS v(phone, i) "
-            "CROSS JOIN LATERAL (SELECT profile_id FROM profiles p WHERE p.db_id = %s::int "
-            "AND p.phones @> ARRAY[v.phone] OFFSET 0) p",
+            "CROSS JOIN LATERAL (SELECT db_id, profile_id FROM profiles "
+            "WHERE phones @> ARRAY[v.phone] OFFSET 0) p WHERE p.db_id = %s",
             (list(phones), self.db_id),
         )
 
@@ -73,8 +74,8 @@ class Lookup:
         return self._aligned(
             len(docs),
             "SELECT v.i, p.profile_id FROM unnest(%b::jsonb[]) WITH ORDINALITY AS v(doc, i) "
-            "CROSS JOIN LATERAL (SELECT profile_id FROM profiles p WHERE p.db_id = %s::int "
-            "AND p.fields @> v.doc OFFSET 0) p",
+            "CROSS JOIN LATERAL (SELECT db_id, profile_id FROM profiles "
+            "WHERE fields @> v.doc OFFSET 0) p WHERE p.db_id = %s",
             (docs, self.db_id),
         )
 
@@ -116,9 +117,9 @@ class Lookup:
             n,
             "SELECT v.i, s.profile_id FROM unnest(%b::jsonb[], %b::int[]) "
             "WITH ORDINALITY AS v(doc, resource_id, i) "
-            "CROSS JOIN LATERAL (SELECT profile_id FROM subscriptions s WHERE s.db_id = %s::int "
-            "AND s.custom_fields @> v.doc "
-            "AND (v.resource_id IS NULL OR s.resource_id = v.resource_id) OFFSET 0) s",
+            "CROSS JOIN LATERAL (SELECT db_id, resource_id, profile_id FROM subscriptions "
+            "WHERE custom_fields @> v.doc OFFSET 0) s "
+            "WHERE s.db_id = %s AND (v.resource_id IS NULL OR s.resource_id = v.resource_id)",
             (
                 [Jsonb({name: value}) for value in values],
                 list(resource_ids) if resource_ids is not None else [None] * n,

@@ -77,7 +77,9 @@ class Store:
                 self._dsn,
                 connect_timeout=CONNECT_TIMEOUT_S,
                 application_name=self._application_name,
-                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                # A cached generic plan, chosen while a table was small, would be kept
+                # as it grows (a seq scan per probe): plan every batch statement afresh.
+                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c plan_cache_mode=force_custom_plan",
                 # Every unit of work is an explicit `transaction()` block.
                 autocommit=True,
             )

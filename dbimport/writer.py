@@ -324,8 +324,9 @@ def _email_owners(conn: psycopg.Connection[Any], db_id: int, jobs: list[Job]) ->
     if not emails:
         return {}
     return dict(conn.execute(
-        "SELECT email, profile_id FROM profiles WHERE db_id = %s AND email = ANY(%b::text[])",
-        (db_id, emails),
+        "SELECT p.email, p.profile_id FROM unnest(%b::text[]) AS v(email) "
+        "JOIN profiles p ON p.db_id = %s::int AND p.email = v.email",
+        (emails, db_id),
     ).fetchall())
 
 

@@ -2,9 +2,6 @@
 -- account-level tables, account_id), so that the profile tables can be
 -- distributed by db_id (Citus) and the account tables made reference tables.
 
--- GIN indexes that lead with db_id (a trusted extension: the database owner may create it).
-CREATE EXTENSION IF NOT EXISTS btree_gin;
-
 CREATE TABLE accounts (
     account_id  integer PRIMARY KEY CHECK (account_id >= 1),
     created_at  timestamptz NOT NULL DEFAULT now()
@@ -64,12 +61,11 @@ CREATE TABLE profiles (
 );
 -- Two profiles of one database never share an e-mail: the index decides.
 CREATE UNIQUE INDEX profiles_email_key ON profiles (db_id, email);
--- Phone and custom-field look-ups: db_id inside the GIN index (btree_gin), so the
--- planner never pairs a GIN probe with a scan of the whole database's rows; no
--- pending list (fastupdate), whose linear scan slows every probe until a vacuum.
-CREATE INDEX profiles_phones_idx ON profiles USING gin (db_id, phones) WITH (fastupdate = off);
-CREATE INDEX profiles_fields_idx ON profiles USING gin (db_id, fields jsonb_path_ops)
-    WITH (fastupdate = off);
+-- Phone and custom-field look-ups. Not led by db_id: a GIN entry for one db_id
+-- would list every row of the database, and each probe would walk it. No pending
+-- list (fastupdate): its linear scan slows every probe until a vacuum merges it.
+CREATE INDEX profiles_phones_idx ON profiles USING gin (phones) WITH (fastupdate = off);
+CREATE INDEX profiles_fields_idx ON profiles USING gin (fields jsonb_path_ops) WITH (fastupdate = off);
 
 -- A subscription is identified by (resource, channel, provider, address) and so
 -- belongs to at most one profile of the database.
@@ -93,7 +89,7 @@ CREATE TABLE subscriptions (
 CREATE INDEX subscriptions_address_idx ON subscriptions (db_id, channel, address);
 CREATE INDEX subscriptions_profile_idx ON subscriptions (db_id, profile_id);
 CREATE INDEX subscriptions_custom_fields_idx ON subscriptions
-    USING gin (db_id, custom_fields jsonb_path_ops) WITH (fastupdate = off);
+    USING gin (custom_fields jsonb_path_ops) WITH (fastupdate = off);
 
 -- Trigger events, written in the transaction of the change they record.
 CREATE TABLE events (
