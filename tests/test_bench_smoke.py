@@ -1,0 +1,119 @@
+"""The benchmark's machinery, run small so that it cannot rot, and what its checks found.
+
+bench/throughput.py at N=300 fills two queues, drains one with the worker and one
+with the naive reference (bench/naive.py), checks both against the stream, and
+cleans up after itself. The figures at N=300 mean nothing (process start
+dominates); the lines and the checks are what is asserted.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pika.exceptions
+import psycopg
+import pytest
+
+from conftest import ADMIN_DSN, RABBITMQ, amqp_connection, msg
+
+THROUGHPUT = Path(__file__).resolve().parent.parent / "bench" / "throughput.py"
+N = 300
+
+EXPECTED_LINES = [
+    r"load: +start: load average [\d.]+ [\d.]+ [\d.]+ on \d+ CPUs",
+    rf"stream: +{N} messages, {N // 2} creates \+ {N // 2} updates, modes email/email_profile/custom .*",
+    rf"fill: +{2 * N} msgs in [\d.]+ s = \d+ msg/s .*worker queue {N}, naive queue {N}\)",
+    rf"worker: +{N} msgs in [\d.]+ s = \d+ msg/s, peak RSS \d+ MB \(prefetch \d+, batch \d+\)",
+    r"slices: +worker msg/s per 10% of the results, first result on:( \S+){10} "
+    r"\(overall \d+ msg/s after a [\d.]+ s start\)",
+    rf"naive: +{N} msgs in [\d.]+ s = \d+ msg/s, peak RSS \d+ MB",
+    rf"check: +worker: {N}/{N} correct results \({N} received\), {N // 2}/{N // 2} profiles as the stream "
+    rf"implies, events {N // 2} created \+ {N // 2} updated: OK",
+    rf"check: +naive: {N}/{N} correct results \({N} received\), {N // 2}/{N // 2} profiles as the stream "
+    rf"implies, events {N // 2} created \+ {N // 2} updated: OK",
+    r"check: +worker and naive stores hold the same profiles .*: OK",
+    r"ratio: +[\d.]+x +target >= 6x: (PASS|FAIL) +RSS target <= 150 MB: (PASS|FAIL)",
+    r"load: +end: .*",
+]
+
+
+def run_benchmark(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(THROUGHPUT), "--admin-dsn", ADMIN_DSN, "--amqp-host", RABBITMQ["host"],
+         "--amqp-port", str(RABBITMQ["port"]), *args],
+        capture_output=True, text=True, timeout=240,
+    )
+
+
+def queue_exists(name: str) -> bool:
+    connection = amqp_connection()
+    try:
+        connection.channel().queue_declare(name, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+@pytest.mark.slow
+def test_given_300_messages_when_the_benchmark_runs_then_both_workers_answer_every_message_correctly(
+    services: None,
+) -> None:
+    """Given a stream of 300 messages (creates and updates over three modes),
+    when bench/throughput.py drains it with the worker and with the naive reference,
+    then it prints every figure line, both drains answered all 300 messages
+    correctly and left the profiles the stream implies, and nothing is left behind."""
+    done = run_benchmark("--messages", str(N), "--json")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    report: dict[str, Any] = orjson.loads(lines[-1])
+    text_lines = lines[:-1]
+    for pattern in EXPECTED_LINES:
+        assert any(re.fullmatch(pattern, line) for line in text_lines), (pattern, done.stdout)
+
+    for label in ("worker", "naive"):
+        drained = report[label]
+        assert drained["messages"] == N and drained["complete"] and drained["exit_code"] == 0
+        assert drained["check"] == {
+            "correct_results": N, "results": N, "profiles": N // 2,
+            "events": {"profile_created": N // 2, "profile_updated": N // 2}, "ok": True,
+        }
+        assert drained["rate"] > 0 and drained["peak_rss_mb"] > 10
+        assert len(drained["slice_rates"]) == 10
+    assert report["ok"] is True
+
+    with psycopg.connect(ADMIN_DSN) as conn:
+        left = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (report["databases"],)
+        ).fetchall()
+    assert left == []
+    assert [q for q in report["queues"] if queue_exists(q)] == []
+
+
+def test_given_two_updates_of_one_profile_by_different_keys_in_one_batch_then_the_later_one_wins(
+    harness: Any,
+) -> None:
+    """Found by the benchmark's check (profile user311 after 20,000 messages).
+
+    Given a profile with e-mail a@example.com and CRM_ID 7,
+    when one batch holds, in this order: a custom-mode create that writes an e-mail
+    (c@example.com), an update of the profile by e-mail (_city "Before"), and an
+    update of the same profile by CRM_ID (_city "After"),
+    then the profile ends as the messages applied in order leave it: _city "After".
+    """
+    harness.import_(msg(email="a@example.com", data={"CRM_ID": 7}))
+    results = harness.import_(
+        msg(matching="custom", field_name="CRM_ID", field_value=9, data={"email": "c@example.com"}, feedback_id="x"),
+        msg(email="a@example.com", data={"_city": "Before"}, feedback_id="b"),
+        msg(matching="custom", field_name="CRM_ID", field_value=7, data={"_city": "After"}, feedback_id="c"),
+    )
+
+    assert [(r["feedback_id"], r["error"]) for r in results] == [("x", 0), ("b", 0), ("c", 0)]
+    assert harness.rows("SELECT fields->>'_city' FROM profiles WHERE email = 'a@example.com'") == [("After",)]
