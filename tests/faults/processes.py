@@ -1,0 +1,147 @@
+"""Worker processes for fault tests: started from the test's settings, killed, restarted."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+from dbimport.config import CONFIG_PATH_ENV, Settings, keys
+
+TESTS = Path(__file__).resolve().parent.parent
+POLL_S = 0.05
+DEFAULT_WAIT_S = 60.0
+# Many small batches, so that a fault lands in the middle of the stream; database
+# retries that outlast any outage a test makes; a bounded wait for the broker.
+FAULT_TUNING = {
+    "IMPORT_BATCH_SIZE": "50",
+    "IMPORT_PREFETCH": "100",
+    "IMPORT_BATCH_WAIT_MS": "20",
+    "IMPORT_CONNECT_TIMEOUT_S": "30",
+    "IMPORT_DB_RETRY_S": "60",
+}
+
+
+def worker_env(settings: Settings, workdir: Path, **extra: str) -> dict[str, str]:
+    """A worker's environment: the test's services, queues and log, no stray configuration."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in keys() and k != CONFIG_PATH_ENV and not k.startswith("FAULT_")}
+    config = workdir / "main.json"
+    if not config.exists():
+        config.write_text("{}")
+    env.update({
+        CONFIG_PATH_ENV: str(config),
+        "POSTGRES_DSN": settings.postgres_dsn,
+        "RABBITMQ_HOST": settings.rabbitmq_host,
+        "RABBITMQ_PORT": str(settings.rabbitmq_port),
+        "IMPORT_QUEUE": settings.import_queue,
+        "IMPORT_RESULT_QUEUE": settings.result_queue,
+        "IMPORT_DEAD_QUEUE": settings.dead_queue,
+        "JOB_SERVER_LOG": settings.log_path,
+        **FAULT_TUNING,
+        # The launcher imports faults.* from the tests' folder.
+        "PYTHONPATH": os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p),
+    })
+    env.update(extra)
+    return env
+
+
+def command(*args: str, launcher: bool = False) -> list[str]:
+    """`dbimport-worker ARGS`, or the same through the launcher that adds test plugins."""
+    module = "faults.launcher" if launcher else "dbimport"
+    return [sys.executable, "-m", module, *args]
+
+
+class WorkerProcess:
+    """One `dbimport-worker` process; its stdout and stderr go to a file of its own."""
+
+    count = 0
+
+    def __init__(self, args: Sequence[str], env: dict[str, str], workdir: Path, *, launcher: bool = False) -> None:
+        WorkerProcess.count += 1
+        self.output_path = workdir / f"worker-{WorkerProcess.count}.out"
+        self._output: IO[bytes] = self.output_path.open("wb")
+        self.started_at = time.monotonic()
+        self.process = subprocess.Popen(
+            command(*args, launcher=launcher), env=env, cwd=workdir,
+            stdout=self._output, stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def kill(self) -> int:
+        """SIGKILL, as `kill -9`; the exit status (-9)."""
+        self.process.send_signal(signal.SIGKILL)
+        return self.wait(DEFAULT_WAIT_S)
+
+    def wait(self, timeout_s: float = DEFAULT_WAIT_S) -> int:
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"worker {self.pid} still running after {timeout_s} s:\n{self.output()[-3000:]}"
+            ) from None
+        finally:
+            if self.process.poll() is not None:
+                self._output.close()
+
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """Cleanup: whatever state it is in, it is gone afterwards, with its children."""
+        if self.alive():
+            kill_tree(self.pid)
+        self.process.wait()
+        self._output.close()
+
+
+def children_of(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(p) for p in path.read_text().split()]
+    except OSError:
+        return []
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and its descendants (children first, so none is left orphaned)."""
+    for child in children_of(pid):
+        kill_tree(child)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout_s: float = DEFAULT_WAIT_S,
+             *, while_alive: WorkerProcess | None = None) -> None:
+    """Poll `condition` until it holds; fail after `timeout_s`, or at once if the
+    worker it depends on died."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if while_alive is not None and not while_alive.alive():
+            raise AssertionError(f"worker exited {while_alive.process.returncode} while waiting for {what}:\n"
+                                 f"{while_alive.output()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(POLL_S)
+
+
+def log_lines(settings: Settings, containing: str = "") -> list[str]:
+    path = Path(settings.log_path)
+    if not path.exists():
+        return []
+    return [line for line in path.read_text(errors="replace").splitlines() if containing in line]
