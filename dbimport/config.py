@@ -150,8 +150,16 @@ class Settings:
                 "IMPORT_PREFETCH",
                 f"must be at least IMPORT_BATCH_SIZE ({self.batch_size}), got {self.prefetch}",
             )
-        if self.rabbitmq_tls and bool(self.rabbitmq_tls_cert) != bool(self.rabbitmq_tls_key):
-            raise ConfigError("RABBITMQ_TLS_CERT", "RABBITMQ_TLS_CERT and RABBITMQ_TLS_KEY go together")
+        if self.rabbitmq_tls:
+            if bool(self.rabbitmq_tls_cert) != bool(self.rabbitmq_tls_key):
+                raise ConfigError("RABBITMQ_TLS_CERT", "RABBITMQ_TLS_CERT and RABBITMQ_TLS_KEY go together")
+            for key, path in (
+                ("RABBITMQ_TLS_CA", self.rabbitmq_tls_ca),
+                ("RABBITMQ_TLS_CERT", self.rabbitmq_tls_cert),
+                ("RABBITMQ_TLS_KEY", self.rabbitmq_tls_key),
+            ):
+                if path and not os.access(path, os.R_OK):
+                    raise ConfigError(key, f"cannot read {path}")
 
     @property
     def result_ttl_ms(self) -> int:

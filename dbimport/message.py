@@ -57,8 +57,15 @@ def parse(raw: bytes, *, max_bytes: int) -> dict[str, Any]:
     return message
 
 
-def check_limits(message: dict[str, Any], raw: bytes, *, max_depth: int) -> None:
-    """400 if the object nests deeper than `max_depth` or holds a NUL character."""
+def check_limits(message: dict[str, Any], raw: bytes, *, max_depth: int, max_string_chars: int) -> None:
+    """400 if the object nests deeper than `max_depth`, holds a NUL character, or a
+    top-level string (a match value, whatever the mode) longer than `max_string_chars`.
+
+    Strings inside `data` are bounded by their field's check.
+    """
+    for key, value in message.items():
+        if isinstance(value, str) and len(value) > max_string_chars:
+            raise BadInput(f"{key} is longer than {max_string_chars} characters", field=key)
     # A cheap bound first: no more brackets than the limit means no deeper nesting.
     if raw.count(b"{") + raw.count(b"[") > max_depth:
         check_depth(message, max_depth)
@@ -67,15 +74,19 @@ def check_limits(message: dict[str, Any], raw: bytes, *, max_depth: int) -> None
 
 
 def check_depth(value: Any, max_depth: int) -> None:
+    """400 if objects and lists nest more than `max_depth` deep (the message itself is 1)."""
     stack = [(value, 1, "")]
     while stack:
         item, depth, path = stack.pop()
-        if depth > max_depth:
-            raise BadInput(f"{path or 'message'} is nested deeper than {max_depth} levels", field=path)
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1, _join(path, k)) for k, v in item.items())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1, f"{path}[{i}]") for i, v in enumerate(item))
+        children = (
+            ((_join(path, k), v) for k, v in item.items()) if isinstance(item, dict)
+            else ((f"{path}[{i}]", v) for i, v in enumerate(item))
+        )
+        for child_path, child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > max_depth:
+                    raise BadInput(f"{child_path} is nested deeper than {max_depth} levels", field=child_path)
+                stack.append((child, depth + 1, child_path))
 
 
 def check_no_nul(value: Any) -> None:

@@ -47,8 +47,16 @@ def phone(value: object, *, field: str = "phone") -> str:
     return text if text.startswith("+") else "+" + text
 
 
-def text(value: object, *, field: str, max_chars: int = 255) -> str:
-    """A non-empty trimmed string, for ids and names that are matched verbatim."""
+# An identity value (an address, a subscription id) is a key of a btree index,
+# whose entries hold at most about 2,700 bytes.
+MAX_IDENTITY_BYTES = 1000
+
+
+def text(value: object, *, field: str, max_bytes: int = 255) -> str:
+    """A non-empty trimmed string, for ids and names that are matched verbatim.
+
+    The bound is in UTF-8 bytes: such values are index keys.
+    """
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
@@ -56,6 +64,6 @@ def text(value: object, *, field: str, max_chars: int = 255) -> str:
     result = value.strip()
     if not result:
         raise BadInput(f"{field} is empty", field=field)
-    if len(result) > max_chars:
-        raise BadInput(f"{field} is longer than {max_chars} characters", field=field)
+    if len(result.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise BadInput(f"{field} is longer than {max_bytes} bytes", field=field)
     return result

@@ -184,7 +184,10 @@ class Pipeline:
         message: Any = None
         try:
             message = parse(delivery.body, max_bytes=self.settings.max_message_bytes)
-            check_limits(message, delivery.body, max_depth=self.settings.max_depth)
+            check_limits(
+                message, delivery.body,
+                max_depth=self.settings.max_depth, max_string_chars=self.settings.max_string_chars,
+            )
             envelope = self.validator.validate(message)
             db = self.catalog.database(envelope.account_id, envelope.db_id)
             matcher = self.registry[envelope.mode]

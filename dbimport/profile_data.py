@@ -139,9 +139,9 @@ def subscription_address(item: Mapping[str, Any], channel: str, *, path: str) ->
     if channel == "push":
         provider = normalize.text(item.get("provider"), field=f"{path}.provider")
         return provider, normalize.text(
-            item.get("subscription_id"), field=f"{path}.subscription_id", max_chars=4096
+            item.get("subscription_id"), field=f"{path}.subscription_id", max_bytes=normalize.MAX_IDENTITY_BYTES
         )
-    return "", normalize.text(item.get("address"), field=f"{path}.address", max_chars=4096)
+    return "", normalize.text(item.get("address"), field=f"{path}.address", max_bytes=normalize.MAX_IDENTITY_BYTES)
 
 
 def _subscription_values(

@@ -29,14 +29,26 @@ _RACES = (
 )
 
 
+# SQLSTATE classes of an outage: connection exception, insufficient resources,
+# operator intervention (shutdown, cancel, statement timeout), system error.
+_OUTAGE_CLASSES = ("08", "53", "57", "58")
+
+
 def translate(exc: BaseException) -> BaseException:
-    """psycopg's exception as a dbimport type: outage, race, or itself (internal)."""
+    """psycopg's exception as a dbimport type: outage, race, or itself (internal).
+
+    An error with no SQLSTATE is the connection failing. Anything else (a
+    program limit such as an index row too large, a bug) is internal: it must
+    not be retried for ever as if the database were down.
+    """
     if isinstance(exc, _RACES):
         return WriteRace(f"{type(exc).__name__}: {exc}".strip())
-    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+    if isinstance(exc, psycopg.InterfaceError):
         return DatabaseUnavailable(f"{type(exc).__name__}: {first_line(exc)}")
-    if isinstance(exc, psycopg.errors.QueryCanceled):
-        return DatabaseUnavailable(f"statement cancelled: {first_line(exc)}")
+    if isinstance(exc, psycopg.Error):
+        sqlstate = exc.sqlstate
+        if sqlstate is None or sqlstate.startswith(_OUTAGE_CLASSES):
+            return DatabaseUnavailable(f"{type(exc).__name__}: {first_line(exc)}")
     return exc
 
 

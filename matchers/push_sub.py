@@ -13,9 +13,6 @@ from dbimport.profile_data import ProfileWrite
 
 from ._shared import new_subscription, resource_of
 
-MAX_SUBSCRIPTION_ID_CHARS = 1024
-
-
 class PushSubMatcher(Matcher):
     name = "push_sub"
     description = "push subscriptions by provider and subscription_id (a new profile is subscribed to resource_id)"
@@ -27,7 +24,7 @@ class PushSubMatcher(Matcher):
     def prepare(self, message: Mapping[str, Any], db: Database) -> Query:
         provider = normalize.text(message["provider"], field="provider")
         subscription_id = normalize.text(
-            message["subscription_id"], field="subscription_id", max_chars=MAX_SUBSCRIPTION_ID_CHARS
+            message["subscription_id"], field="subscription_id", max_bytes=normalize.MAX_IDENTITY_BYTES
         )
         return Query(
             keys=(Key("push", f"{provider}\n{subscription_id}"),),
