@@ -1,0 +1,262 @@
+"""Secrets: the RabbitMQ password and the DSN's credentials never reach a log, an error or a repr.
+
+Each worker process gets a RABBITMQ_PASS and a POSTGRES_DSN password that are random
+strings, is made to fail in a different way, and then its stdout, its stderr and its
+job log are searched for both. (PostgreSQL here trusts local connections, so a DSN
+password is accepted whatever it is: its failures come from unreachable ports.)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pika
+import psycopg.conninfo
+import pytest
+
+from dbimport.broker import Broker, connection_parameters
+from dbimport.config import CONFIG_PATH_ENV, Settings, keys, load_settings, redact_dsn
+from dbimport.errors import ConfigError, DbimportError
+from dbimport.store import Store
+from dbimport.worker import RunLimits, ServiceUnavailable, Worker
+
+UNREACHABLE_PORT = "1"
+
+
+@dataclass(frozen=True)
+class Secrets:
+    rabbitmq_pass: str
+    dsn_password: str
+
+    def found_in(self, text: str) -> list[str]:
+        return [name for name, secret in (("RABBITMQ_PASS", self.rabbitmq_pass),
+                                           ("the DSN password", self.dsn_password)) if secret in text]
+
+
+@pytest.fixture
+def secrets() -> Secrets:
+    return Secrets(rabbitmq_pass=f"rmq-{uuid.uuid4().hex}", dsn_password=f"pg-{uuid.uuid4().hex}")
+
+
+def url_dsn(database: str, password: str, *, port: str = "5432") -> str:
+    """The test database's DSN as a URL with a user and password."""
+    dbname = psycopg.conninfo.conninfo_to_dict(database)["dbname"]
+    return f"postgresql://root:{password}@127.0.0.1:{port}/{dbname}"
+
+
+def keyword_dsn(database: str, password: str, *, port: str = "5432") -> str:
+    dbname = psycopg.conninfo.conninfo_to_dict(database)["dbname"]
+    return f"host=127.0.0.1 port={port} dbname={dbname} user=root password='{password}' connect_timeout=3"
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+    log: str
+
+    @property
+    def everything(self) -> str:
+        return "\n".join((self.stdout, self.stderr, self.log))
+
+
+def worker(tmp_path: Path, settings: Settings, *args: str, **env_keys: str) -> Run:
+    """Run `dbimport-worker ARGS` with the test's queues and `env_keys` in its environment."""
+    log = tmp_path / f"job-{uuid.uuid4().hex[:6]}.log"
+    config = tmp_path / "main.json"
+    if not config.exists():
+        config.write_text("{}")
+    env = {k: v for k, v in os.environ.items() if k not in keys() and k != CONFIG_PATH_ENV}
+    env.update({
+        CONFIG_PATH_ENV: str(config), "JOB_SERVER_LOG": str(log), "IMPORT_QUEUE": settings.import_queue,
+        "IMPORT_RESULT_QUEUE": settings.result_queue, "IMPORT_DEAD_QUEUE": settings.dead_queue,
+        "IMPORT_CONNECT_TIMEOUT_S": "1", "RABBITMQ_HOST": "127.0.0.1", "RABBITMQ_PORT": "5672",
+        **env_keys,
+    })
+    done = subprocess.run([sys.executable, "-m", "dbimport", *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    return Run(done.returncode, done.stdout, done.stderr, log.read_text() if log.exists() else "")
+
+
+def assert_secret_free(run: Run, secrets: Secrets) -> None:
+    leaked = secrets.found_in(run.everything)
+    assert not leaked, f"{', '.join(leaked)} found in the output or the job log:\n{run.everything[-3000:]}"
+
+
+# --- worker processes that fail -------------------------------------------------------------
+
+
+def test_rabbitmq_unreachable(tmp_path: Path, settings: Settings, secrets: Secrets) -> None:
+    """Given RabbitMQ on a port where nothing listens, `run --until-empty` exits 69
+    naming the failure; neither secret appears anywhere, though the start line
+    prints every setting."""
+    run = worker(tmp_path, settings, "run", "--until-empty", RABBITMQ_PORT=UNREACHABLE_PORT,
+                 RABBITMQ_PASS=secrets.rabbitmq_pass, POSTGRES_DSN=url_dsn(settings.postgres_dsn, secrets.dsn_password))
+    assert run.code == 69, run
+    assert "starting: Settings(" in run.log and "***" in run.log
+    assert "RabbitMQ" in run.log
+    assert_secret_free(run, secrets)
+
+
+def test_rabbitmq_refuses_the_password(tmp_path: Path, settings: Settings, secrets: Secrets) -> None:
+    """Given the real broker and a wrong password for guest (at DEBUG level, where pika
+    logs its connection steps), the worker gives up with 69, and the password it sent
+    is nowhere in what it printed or logged."""
+    run = worker(tmp_path, settings, "run", "--until-empty", RABBITMQ_PASS=secrets.rabbitmq_pass,
+                 DEFAULT_LOG_LEVEL="DEBUG", POSTGRES_DSN=keyword_dsn(settings.postgres_dsn, secrets.dsn_password))
+    assert run.code == 69, run
+    assert "ACCESS_REFUSED" in run.everything or "Authentication" in run.everything, run.everything[-2000:]
+    assert_secret_free(run, secrets)
+
+
+@pytest.mark.parametrize("dsn_form", ["url", "keyword"])
+def test_postgresql_unreachable(tmp_path: Path, settings: Settings, secrets: Secrets, dsn_form: str) -> None:
+    """Given a DSN (URL or keyword form) naming a port where nothing listens, `run`
+    exits 69 and `init-db` and `check` fail naming PostgreSQL; no secret appears."""
+    make = url_dsn if dsn_form == "url" else keyword_dsn
+    dsn = make(settings.postgres_dsn, secrets.dsn_password, port=UNREACHABLE_PORT)
+    common = {"RABBITMQ_PASS": secrets.rabbitmq_pass, "POSTGRES_DSN": dsn}
+    runs = [
+        worker(tmp_path, settings, "run", "--until-empty", **common),
+        worker(tmp_path, settings, "init-db", **common),
+        worker(tmp_path, settings, "check", **common),
+    ]
+    assert [r.code for r in runs] == [69, 69, 69], runs
+    for run in runs:
+        assert "PostgreSQL" in run.everything or "postgresql" in run.everything
+        assert_secret_free(run, secrets)
+
+
+def test_check_with_both_services_unreachable(tmp_path: Path, settings: Settings, secrets: Secrets) -> None:
+    """`check` prints one line per unreachable service, without a secret."""
+    run = worker(tmp_path, settings, "check", RABBITMQ_PORT=UNREACHABLE_PORT, RABBITMQ_PASS=secrets.rabbitmq_pass,
+                 POSTGRES_DSN=url_dsn(settings.postgres_dsn, secrets.dsn_password, port=UNREACHABLE_PORT))
+    assert run.code == 69, run
+    assert "postgresql: unreachable" in run.stdout and "rabbitmq: unreachable" in run.stdout, run.stdout
+    assert_secret_free(run, secrets)
+
+
+@pytest.mark.parametrize("bad", [
+    {"IMPORT_PREFETCH": "lots"},
+    {"RABBITMQ_PORT": "amqp"},
+    {"POSTGRES_DSN": "host=127.0.0.1 password={dsn} port"},
+    {"POSTGRES_DSN": "postgresql://root:{dsn}@127.0.0.1:5432/x?sslmode"},
+    {"POSTGRES_DSN": "postgresql://root:{dsn}@127.0.0.1:notaport/x"},
+], ids=["prefetch", "port", "keyword-dsn", "url-dsn", "url-dsn-port"])
+def test_bad_configuration_names_the_key_without_its_secret(
+    tmp_path: Path, settings: Settings, secrets: Secrets, bad: dict[str, str],
+) -> None:
+    """Given a bad configuration value (some of them DSNs holding the password), the
+    worker stops at start (78) or when it first connects (69), naming the key or the
+    service, and neither secret appears."""
+    env = {"RABBITMQ_PASS": secrets.rabbitmq_pass, "POSTGRES_DSN": url_dsn(settings.postgres_dsn, secrets.dsn_password)}
+    env.update({k: v.format(dsn=secrets.dsn_password) for k, v in bad.items()})
+    run = worker(tmp_path, settings, "run", "--until-empty", **env)
+    assert run.code in (69, 78), run
+    if run.code == 78:
+        assert any(key in run.stderr for key in bad), run.stderr
+    assert_secret_free(run, secrets)
+
+
+def test_a_mistyped_secret_in_main_json_is_not_echoed(tmp_path: Path, settings: Settings, secrets: Secrets) -> None:
+    """Given main.json holding the password where a string belongs in a list, and the
+    DSN as an object, the worker stops with 78 naming the key, without echoing either."""
+    (tmp_path / "main.json").write_text(
+        '{"RABBITMQ_PASS": ["%s"], "POSTGRES_DSN": {"password": "%s"}}' % (secrets.rabbitmq_pass, secrets.dsn_password)
+    )
+    run = worker(tmp_path, settings, "check")
+    assert run.code == 78, run
+    assert "RABBITMQ_PASS" in run.stderr or "POSTGRES_DSN" in run.stderr, run.stderr
+    assert_secret_free(run, secrets)
+
+
+# --- in process: repr and errors ------------------------------------------------------------
+
+
+def test_settings_repr_masks_every_secret(secrets: Secrets) -> None:
+    """repr and str of Settings mask RABBITMQ_PASS and the DSN's password in either DSN
+    form, and keep the rest readable."""
+    for dsn in (
+        f"postgresql://root:{secrets.dsn_password}@db.example:5432/dbimport?sslmode=require",
+        f"host=db.example user=root password={secrets.dsn_password} dbname=dbimport",
+        f"host=db.example user=root password='{secrets.dsn_password} with spaces' dbname=dbimport",
+        f"postgresql://db.example/dbimport?user=root&password={secrets.dsn_password}",
+    ):
+        settings = load_settings(None, environ={"RABBITMQ_PASS": secrets.rabbitmq_pass, "POSTGRES_DSN": dsn})
+        for text in (repr(settings), str(settings), f"{settings!r}", repr(Store(dsn))):
+            assert not secrets.found_in(text), text
+            assert "db.example" in text
+        assert "rabbitmq_pass='***'" in repr(settings)
+        assert settings.rabbitmq_pass == secrets.rabbitmq_pass  # masked in the repr only
+        assert secrets.dsn_password not in redact_dsn(dsn)
+
+
+def test_errors_raised_by_failures_hold_no_secret(settings: Settings, secrets: Secrets) -> None:
+    """The errors of a bad DSN, an unreachable PostgreSQL, an unreachable or refusing
+    RabbitMQ and a worker that gives up hold no secret in str() or repr()."""
+    bad_dsn = settings.replace(postgres_dsn=f"postgresql://root:{secrets.dsn_password}@127.0.0.1:1/x",
+                               rabbitmq_pass=secrets.rabbitmq_pass, connect_timeout_s=1.0)
+    raised: list[BaseException] = []
+    with pytest.raises(ConfigError) as config_error:
+        load_settings(None, environ={"POSTGRES_DSN": f"host=x password={secrets.dsn_password} port"})
+    raised.append(config_error.value)
+    with pytest.raises(DbimportError) as db_error:
+        with Store(bad_dsn.postgres_dsn).transaction():
+            pass
+    raised.append(db_error.value)
+    for port in (1, 5672):  # nothing listening; the broker refusing the password
+        broker = Broker(bad_dsn.replace(rabbitmq_port=port))
+        with pytest.raises(DbimportError) as broker_error:
+            broker.connect()
+        broker.close()
+        raised.append(broker_error.value)
+    with pytest.raises(ServiceUnavailable) as gave_up:
+        Worker(bad_dsn).run(RunLimits(until_empty=True))
+    raised.append(gave_up.value)
+    for exc in raised:
+        for text in (str(exc), repr(exc), repr(exc.__cause__), repr(exc.__context__)):
+            assert not secrets.found_in(text), text
+    params = connection_parameters(bad_dsn)
+    assert not secrets.found_in(repr(params) + repr(params.credentials)), repr(params.credentials)
+
+
+def test_the_log_filter_masks_secrets_that_a_library_logs(
+    settings: Settings, secrets: Secrets, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Given the job log configured by the worker, a line that some library logs with the
+    password or the DSN inside (message, arguments or traceback) is written masked."""
+    from dbimport import logs
+
+    configured = settings.replace(
+        rabbitmq_pass=secrets.rabbitmq_pass, log_path=str(tmp_path / "job.log"),
+        postgres_dsn=f"postgresql://root:{secrets.dsn_password}@127.0.0.1:5432/x",
+    )
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        logs.configure(configured, stderr=False)
+        chatty = logging.getLogger("some.library")
+        chatty.warning("connecting with %s", configured.postgres_dsn)
+        chatty.warning("credentials %r", pika.PlainCredentials("guest", secrets.rabbitmq_pass).__dict__)
+        try:
+            raise RuntimeError(f"auth failed for password {secrets.rabbitmq_pass}")
+        except RuntimeError:
+            chatty.exception("it broke")
+        for handler in root.handlers:
+            handler.flush()
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+    text = (tmp_path / "job.log").read_text()
+    assert "connecting with" in text and "it broke" in text and "Traceback" in text
+    assert not secrets.found_in(text), text
