@@ -206,9 +206,11 @@ class Broker:
         self._consumer_tag = None
         log.warning("RabbitMQ cancelled our consumer (was %s deleted?)", self.settings.import_queue)
 
-    def fetch(self, max_count: int, *, first_wait_s: float, batch_wait_s: float) -> list[Delivery]:
-        """Up to `max_count` deliveries: wait up to `first_wait_s` for the first,
-        then up to `batch_wait_s` more for the rest of the batch."""
+    def fetch(
+        self, max_count: int, *, max_bytes: int, first_wait_s: float, batch_wait_s: float
+    ) -> list[Delivery]:
+        """Up to `max_count` deliveries and `max_bytes` of bodies (at least one): wait
+        up to `first_wait_s` for the first, then up to `batch_wait_s` for the rest."""
         assert self._connection is not None
         with _wrapped("receive"):
             if self._consume is not None and self._consumer_tag is None and self._consume.is_open:
@@ -217,8 +219,14 @@ class Broker:
                 self._wait(lambda: bool(self._buffer), first_wait_s)
             if len(self._buffer) < max_count:
                 self._wait(lambda: len(self._buffer) >= max_count, batch_wait_s)
-        count = min(max_count, len(self._buffer))
-        return [self._buffer.popleft() for _ in range(count)]
+        batch: list[Delivery] = []
+        size = 0
+        while self._buffer and len(batch) < max_count:
+            size += len(self._buffer[0].body)
+            if batch and size > max_bytes:
+                break
+            batch.append(self._buffer.popleft())
+        return batch
 
     def _wait(self, done: Callable[[], bool], seconds: float) -> None:
         assert self._connection is not None

@@ -134,6 +134,8 @@ class Settings:
     prefetch: int = setting("IMPORT_PREFETCH", 1000, _integer(1, 65535))
     batch_size: int = setting("IMPORT_BATCH_SIZE", 500, _integer(1, 65535))
     batch_wait_ms: int = setting("IMPORT_BATCH_WAIT_MS", 50, _integer(0, 60000))
+    # Parsed JSON takes up to ~26 times its bytes: this bounds a batch's memory.
+    batch_max_bytes: int = setting("IMPORT_BATCH_MAX_BYTES", 16 * 1024 * 1024, _integer(1024))
     max_message_bytes: int = setting("IMPORT_MAX_MESSAGE_BYTES", 1024 * 1024, _integer(64))
     max_depth: int = setting("IMPORT_MAX_DEPTH", 32, _integer(2, 1000))
     max_string_chars: int = setting("IMPORT_MAX_STRING_CHARS", 65536, _integer(16))

@@ -21,6 +21,16 @@ CONNECT_TIMEOUT_S = 5
 # Statements over this are cancelled: a stuck lock must not hold a batch forever.
 STATEMENT_TIMEOUT_MS = 120_000
 
+SESSION_OPTIONS = " ".join(f"-c {setting}" for setting in (
+    f"statement_timeout={STATEMENT_TIMEOUT_MS}",
+    # A cached generic plan, chosen while a table was small, would be kept as it
+    # grows (a scan per probe): plan every batch statement afresh.
+    "plan_cache_mode=force_custom_plan",
+    # The estimated cost of a batch's look-ups grows with the tables until JIT
+    # compiles them: milliseconds of compiling for a statement that runs in one.
+    "jit=off",
+))
+
 _RACES = (
     psycopg.errors.SerializationFailure,
     psycopg.errors.DeadlockDetected,
@@ -89,9 +99,7 @@ class Store:
                 self._dsn,
                 connect_timeout=CONNECT_TIMEOUT_S,
                 application_name=self._application_name,
-                # A cached generic plan, chosen while a table was small, would be kept
-                # as it grows (a seq scan per probe): plan every batch statement afresh.
-                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c plan_cache_mode=force_custom_plan",
+                options=SESSION_OPTIONS,
                 # Every unit of work is an explicit `transaction()` block.
                 autocommit=True,
             )

@@ -108,7 +108,10 @@ class Worker:
         batch_wait_s = self.settings.batch_wait_ms / 1000
         # Draining for --until-empty needs no long idle wait: the depth check decides.
         first_wait_s = batch_wait_s if limits.until_empty else IDLE_WAIT_S
-        deliveries = self.broker.fetch(wanted, first_wait_s=first_wait_s, batch_wait_s=batch_wait_s)
+        deliveries = self.broker.fetch(
+            wanted, max_bytes=self.settings.batch_max_bytes,
+            first_wait_s=first_wait_s, batch_wait_s=batch_wait_s,
+        )
         if not deliveries:
             if not limits.until_empty:
                 return True

@@ -228,8 +228,9 @@ def _claim(conn: psycopg.Connection[Any], db_id: int, keys: Iterable[Key]) -> No
     """Lock a claim row per key, in one global order so that workers never deadlock."""
     claim_keys = sorted({claim_key(key) for key in keys})
     conn.execute(
+        # Re-claiming rewrites no column (a HOT update that only takes the row lock).
         "INSERT INTO match_claims (db_id, claim_key) SELECT %s, k FROM unnest(%b::bytea[]) AS k "
-        "ON CONFLICT (db_id, claim_key) DO UPDATE SET claimed_at = now()",
+        "ON CONFLICT (db_id, claim_key) DO UPDATE SET claim_key = EXCLUDED.claim_key",
         (db_id, claim_keys),
     )
 

@@ -203,6 +203,18 @@ def test_max_subscriptions_is_configurable_and_the_environment_overrides_it(harn
     assert harness.count("SELECT count(*) FROM subscriptions") == 3
 
 
+def test_batch_max_bytes_bounds_how_much_one_batch_holds(harness: Harness, tmp_path: Path) -> None:
+    """Given IMPORT_BATCH_MAX_BYTES = "2500" and 1,000-byte messages, each batch takes at
+    most two of them (a single larger message still makes a batch of its own), and
+    every message is answered."""
+    settings = configured(harness, tmp_path, IMPORT_BATCH_MAX_BYTES="2500")
+    assert settings.batch_max_bytes == 2500
+    harness.publish(*(sized(1000, f"m{i}") for i in range(10)), sized(4000, "big"))
+    stats = harness.run(settings=settings)
+    assert codes(harness.results()) == [(f"m{i}", 0) for i in range(10)] + [("big", 0)]
+    assert stats.batches >= 6, stats
+
+
 def test_an_identity_value_too_long_for_the_index_is_answered_and_does_not_stall_the_queue(
     harness: Harness,
 ) -> None:

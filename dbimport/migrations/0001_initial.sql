@@ -106,13 +106,15 @@ CREATE TABLE events (
 
 -- One row per answered message, written with its effects: a redelivered
 -- message that is found here was applied already, and gets `result` again.
+-- A batch inserts each row as a placeholder (a lock), then writes the result into
+-- it: free space on the page lets that second write be a HOT update.
 CREATE TABLE message_log (
     db_id       integer NOT NULL,
     message_key bytea NOT NULL,
     result      bytea NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (db_id, message_key)
-);
+) WITH (fillfactor = 80);
 CREATE INDEX message_log_applied_at_idx ON message_log USING brin (applied_at);
 
 -- Claim rows: a worker about to create a profile for an identity value locks
@@ -122,7 +124,7 @@ CREATE TABLE match_claims (
     claim_key   bytea NOT NULL,
     claimed_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (db_id, claim_key)
-);
+) WITH (fillfactor = 80);
 CREATE INDEX match_claims_claimed_at_idx ON match_claims USING brin (claimed_at);
 
 -- Internal failures per message, counted across redeliveries and workers.
