@@ -13,21 +13,21 @@ from typing import Any
 
 import pluggy
 
+from . import failures
 from .broker import Delivery
-from .catalog import Catalog
+from .catalog import Catalog, Database
 from .config import Settings, log_safe
 from .errors import BadInput, Transient, WriteRace
 from .events import TriggerEvent
 from .fields import Limits
-from .catalog import Database
 from .matcher import Matcher, Query
 from .message import Envelope, MessageValidator, check_limits, feedback_id_of, parse
+from .message_log import record
 from .plugins import Registry
 from .profile_data import ProfileWrite, check_data
 from .results import Result
 from .retry import database_retry
 from .store import Store
-from .message_log import record
 from .writer import BatchOutcome, Job, apply_batch
 
 log = logging.getLogger(__name__)
@@ -231,18 +231,11 @@ class Pipeline:
         key = message_key(delivery)
         feedback_id = self._feedback_id(delivery)
         with self.store.transaction() as conn:
-            row = conn.execute(
-                "INSERT INTO delivery_failures (db_id, message_key, failures, last_error) "
-                "VALUES (%s, %s, 1, %s) ON CONFLICT (db_id, message_key) DO UPDATE "
-                "SET failures = delivery_failures.failures + 1, last_error = EXCLUDED.last_error, "
-                "updated_at = now() RETURNING failures",
-                (failure.db_id, key, failure.reason[:2000]),
-            ).fetchone()
-            failures = int(row[0]) if row else 1
-            if failures < self.settings.max_deliveries:
+            failed = failures.count(conn, failure.db_id, key, failure.reason)
+            if failed < self.settings.max_deliveries:
                 log.warning(
                     "message (feedback_id=%r) failed %d of %d times: %s; giving it back to the queue",
-                    feedback_id, failures, self.settings.max_deliveries, failure.reason,
+                    feedback_id, failed, self.settings.max_deliveries, failure.reason,
                 )
                 return Outcome(delivery, None)
             result = Result.internal(failure.reason, feedback_id=feedback_id)
@@ -250,7 +243,7 @@ class Pipeline:
                 record(conn, failure.db_id, [(key, result)])
         log.error(
             "message (feedback_id=%r) failed %d times; answering 500 and moving it to %s",
-            feedback_id, failures, self.settings.dead_queue,
+            feedback_id, failed, self.settings.dead_queue,
         )
         return Outcome(delivery, result, dead_reason=failure.reason)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+from . import failures
 from .broker import Delivery, move_dead_letters
 from .config import Settings
 from .pipeline import db_id_of, message_key
@@ -20,12 +21,8 @@ def replay_dead(settings: Settings, *, max_messages: int | None = None) -> int:
     store = Store(settings.postgres_dsn, application_name="dbimport-replay")
 
     def reset(delivery: Delivery) -> None:
-        key, db_id = message_key(delivery), db_id_of(delivery.body)
         with store.transaction() as conn:
-            conn.execute(
-                "DELETE FROM delivery_failures WHERE db_id = %s AND message_key = %s", (db_id, key)
-            )
-            conn.execute("DELETE FROM message_log WHERE db_id = %s AND message_key = %s", (db_id, key))
+            failures.forget(conn, db_id_of(delivery.body), message_key(delivery))
 
     try:
         moved = move_dead_letters(settings, before_publish=reset, max_messages=max_messages)
