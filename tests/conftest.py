@@ -14,15 +14,16 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dbimport.config import Settings
+from dbimport.config import CONFIG_PATH_ENV, Settings, keys
 from dbimport.schema import migrate
 from dbimport.seed import load_seed, read_seed
+from dbimport.stats import Stats
 from dbimport.store import Store, with_database
 from dbimport.worker import RunLimits, Worker
-from dbimport.stats import Stats
 
 TESTS = Path(__file__).parent
 SEED_FILE = TESTS / "data" / "seed.json"
+EMPTY_CONFIG = TESTS / "data" / "empty-main.json"
 # The server the tests create their databases on; its maintenance database.
 ADMIN_DSN = os.environ.get("DBIMPORT_TEST_DSN", "postgresql://127.0.0.1:5432/postgres")
 RABBITMQ = dict(
@@ -151,9 +152,13 @@ class Harness:
         return [orjson.loads(body) for _props, body in self.result_messages()]
 
     def result_messages(self) -> list[tuple[pika.BasicProperties, bytes]]:
+        return self.messages(self.settings.result_queue)
+
+    def messages(self, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
+        """Every message on `queue`, with its properties, in order, consumed."""
         out = []
         while True:
-            method, props, body = self.channel.basic_get(self.settings.result_queue, auto_ack=True)
+            method, props, body = self.channel.basic_get(queue, auto_ack=True)
             if method is None:
                 return out
             out.append((props, body))
@@ -191,3 +196,39 @@ def msg(**fields: Any) -> dict[str, Any]:
     base: dict[str, Any] = {"account_id": 1, "db_id": 1, "data": {}}
     base.update(fields)
     return base
+
+
+def worker_env(settings: Settings | None = None, **extra: str) -> dict[str, str]:
+    """A worker process's environment: none of the caller's dbimport configuration
+    (DBIMPORT_CONFIG names an empty main.json), the test's services, queues and log."""
+    env = {k: v for k, v in os.environ.items() if k not in keys() and k != CONFIG_PATH_ENV}
+    env[CONFIG_PATH_ENV] = str(EMPTY_CONFIG)
+    if settings is not None:
+        env.update(
+            POSTGRES_DSN=settings.postgres_dsn,
+            RABBITMQ_HOST=settings.rabbitmq_host,
+            RABBITMQ_PORT=str(settings.rabbitmq_port),
+            IMPORT_QUEUE=settings.import_queue,
+            IMPORT_RESULT_QUEUE=settings.result_queue,
+            IMPORT_DEAD_QUEUE=settings.dead_queue,
+            JOB_SERVER_LOG=settings.log_path,
+            IMPORT_BATCH_WAIT_MS=str(settings.batch_wait_ms),
+            IMPORT_CONNECT_TIMEOUT_S=str(settings.connect_timeout_s),
+        )
+    env.update(extra)
+    return env
+
+
+def ok(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`results`, once every one of them is known to be error 0."""
+    assert [r["error"] for r in results] == [0] * len(results), results
+    return results
+
+
+def counts(harness: Harness) -> tuple[int, int, int]:
+    """(profiles, subscriptions, events): what "nothing written" compares."""
+    return (
+        harness.count("SELECT count(*) FROM profiles"),
+        harness.count("SELECT count(*) FROM subscriptions"),
+        harness.count("SELECT count(*) FROM events"),
+    )

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import ADMIN_DSN, RABBITMQ, Harness, msg
-from dbimport.config import CONFIG_PATH_ENV, Settings, keys
+from conftest import ADMIN_DSN, RABBITMQ, Harness, msg, worker_env
+from dbimport.config import CONFIG_PATH_ENV, Settings
 from dbimport.store import with_database
 
 BUILT_IN_MODES = {
@@ -26,25 +26,12 @@ EX_OK, EX_PROBLEMS, EX_USAGE, EX_UNAVAILABLE, EX_CONFIG = 0, 1, 2, 69, 78
 
 
 def cli_env(tmp_path: Path, settings: Settings | None = None, **extra: str) -> dict[str, str]:
-    """The environment of a worker process: no stray configuration, the test's own names."""
-    env = {k: v for k, v in os.environ.items() if k not in keys() and k != CONFIG_PATH_ENV}
+    """A worker's environment reading tmp_path/main.json (empty unless the test wrote one)."""
     config = tmp_path / "main.json"
     if not config.exists():
         config.write_text("{}")
-    env[CONFIG_PATH_ENV] = str(config)
-    if settings is not None:
-        env.update(
-            POSTGRES_DSN=settings.postgres_dsn,
-            RABBITMQ_HOST=settings.rabbitmq_host,
-            RABBITMQ_PORT=str(settings.rabbitmq_port),
-            IMPORT_QUEUE=settings.import_queue,
-            IMPORT_RESULT_QUEUE=settings.result_queue,
-            IMPORT_DEAD_QUEUE=settings.dead_queue,
-            JOB_SERVER_LOG=settings.log_path,
-            IMPORT_BATCH_WAIT_MS="20",
-            IMPORT_CONNECT_TIMEOUT_S="5",
-        )
-    else:
+    env = worker_env(settings, **{CONFIG_PATH_ENV: str(config)})
+    if settings is None:
         env["JOB_SERVER_LOG"] = str(tmp_path / "job_server.log")
     env.update(extra)
     return env

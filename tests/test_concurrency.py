@@ -1,7 +1,6 @@
 """Identity under concurrency (SPEC §8): four worker processes never create two profiles for one value."""
 from __future__ import annotations
 
-import os
 import random
 import re
 import subprocess
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Harness, msg
+from conftest import Harness, msg, worker_env
 from dbimport.config import Settings
 
 WORKERS = 4
@@ -73,20 +72,6 @@ def stream() -> list[dict[str, Any]]:
     return messages
 
 
-def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("DBIMPORT_CONFIG", None)
-    env.update(
-        POSTGRES_DSN=settings.postgres_dsn,
-        RABBITMQ_HOST=settings.rabbitmq_host,
-        RABBITMQ_PORT=str(settings.rabbitmq_port),
-        IMPORT_QUEUE=settings.import_queue,
-        IMPORT_RESULT_QUEUE=settings.result_queue,
-        IMPORT_DEAD_QUEUE=settings.dead_queue,
-        JOB_SERVER_LOG=settings.log_path,
-        **extra,
-    )
-    return env
 
 
 def run_workers(settings: Settings, cwd: Path, count: int) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from dbimport.config import CONFIG_PATH_ENV, Settings, keys, load_settings, log_safe
+from conftest import worker_env
+from dbimport.config import CONFIG_PATH_ENV, Settings, load_settings, log_safe
 from dbimport.errors import ConfigError
 
 EX_UNAVAILABLE, EX_CONFIG = 69, 78
@@ -24,12 +24,9 @@ def write_config(tmp_path: Path, values: dict[str, Any]) -> Path:
     return path
 
 
-def worker_env(config: Path, **extra: str) -> dict[str, str]:
-    """No configuration key of the caller's environment leaks into the worker's."""
-    env = {k: v for k, v in os.environ.items() if k not in keys() and k != CONFIG_PATH_ENV}
-    env[CONFIG_PATH_ENV] = str(config)
-    env.update(extra)
-    return env
+def config_env(config: Path, **extra: str) -> dict[str, str]:
+    """A worker's environment reading `config`, and nothing of the caller's configuration."""
+    return worker_env(**{CONFIG_PATH_ENV: str(config)}, **extra)
 
 
 def worker(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -113,7 +110,7 @@ def test_a_bad_value_is_refused_naming_its_key(tmp_path: Path, key: str, value: 
     ("DEFAULT_LOG_LEVEL", "LOUD"),
 ])
 def test_run_with_a_bad_value_exits_78_with_one_line_naming_the_key(tmp_path: Path, key: str, value: Any) -> None:
-    done = worker("run", "--until-empty", env=worker_env(write_config(tmp_path, {key: value})))
+    done = worker("run", "--until-empty", env=config_env(write_config(tmp_path, {key: value})))
     assert done.returncode == EX_CONFIG, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
@@ -121,7 +118,7 @@ def test_run_with_a_bad_value_exits_78_with_one_line_naming_the_key(tmp_path: Pa
 
 
 def test_a_bad_value_in_the_environment_exits_78_too(tmp_path: Path) -> None:
-    env = worker_env(write_config(tmp_path, {"RABBITMQ_PORT": 5672}), RABBITMQ_PORT="abc")
+    env = config_env(write_config(tmp_path, {"RABBITMQ_PORT": 5672}), RABBITMQ_PORT="abc")
     done = worker("run", "--until-empty", env=env)
     assert done.returncode == EX_CONFIG
     lines = done.stderr.strip().splitlines()
@@ -131,7 +128,7 @@ def test_a_bad_value_in_the_environment_exits_78_too(tmp_path: Path) -> None:
 def test_a_config_file_that_is_not_json_exits_78(tmp_path: Path) -> None:
     config = tmp_path / "main.json"
     config.write_text('{"RABBITMQ_PORT": 5672,')
-    done = worker("run", "--until-empty", env=worker_env(config))
+    done = worker("run", "--until-empty", env=config_env(config))
     assert done.returncode == EX_CONFIG
     assert str(config) in done.stderr
 
@@ -177,7 +174,7 @@ def test_a_failing_start_exits_69_and_logs_no_password(tmp_path: Path, queues: d
     """Given a DSN with a password pointing at a closed port, when `run --until-empty` gives up,
     then it exits 69 and neither the job log nor stderr holds a password."""
     log_file = tmp_path / "job_server.log"
-    env = worker_env(
+    env = config_env(
         write_config(tmp_path, {"RABBITMQ_PASS": MQ_SECRET}),
         POSTGRES_DSN=CLOSED_PORT_DSNS[form], IMPORT_CONNECT_TIMEOUT_S="1", JOB_SERVER_LOG=str(log_file),
         IMPORT_QUEUE=queues["import_queue"], IMPORT_RESULT_QUEUE=queues["result_queue"],
@@ -195,7 +192,7 @@ def test_a_failing_start_exits_69_and_logs_no_password(tmp_path: Path, queues: d
 def test_a_broker_refusing_the_start_logs_no_password(tmp_path: Path, settings: Settings) -> None:
     """Given a reachable store whose DSN carries a password, and a broker at a closed port."""
     log_file = tmp_path / "job_server.log"
-    env = worker_env(
+    env = config_env(
         write_config(tmp_path, {"RABBITMQ_PASS": MQ_SECRET, "RABBITMQ_PORT": 1}),
         # Trust authentication ignores the password; the worker must still hide it.
         POSTGRES_DSN=f"{settings.postgres_dsn} password={PG_SECRET}",

@@ -1,7 +1,6 @@
 """Trigger events (SPEC §6): recorded with the write, skipped on request, told to plugins, never twice."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import orjson
 import psycopg
 import pytest
 
-from conftest import Harness, msg
+from conftest import Harness, msg, worker_env
 from dbimport import writer
 from dbimport.broker import Delivery
 from dbimport.config import Settings
@@ -237,20 +236,6 @@ sys.exit(main(["run", "--until-empty"]))
 """
 
 
-def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("DBIMPORT_CONFIG", None)
-    env.update(
-        POSTGRES_DSN=settings.postgres_dsn,
-        RABBITMQ_HOST=settings.rabbitmq_host,
-        RABBITMQ_PORT=str(settings.rabbitmq_port),
-        IMPORT_QUEUE=settings.import_queue,
-        IMPORT_RESULT_QUEUE=settings.result_queue,
-        IMPORT_DEAD_QUEUE=settings.dead_queue,
-        JOB_SERVER_LOG=settings.log_path,
-        **extra,
-    )
-    return env
 
 
 def wait_for_ready(harness: Harness, count: int, timeout_s: float = 10.0) -> None:

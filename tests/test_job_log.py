@@ -1,7 +1,6 @@
 """The job log: every error result in it, reopened after logrotate, and the periodic throughput line."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,25 +9,11 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from conftest import Harness, msg
-from dbimport.config import CONFIG_PATH_ENV, Settings, keys
+from conftest import Harness, msg, worker_env
 
 WAIT_S = 15.0
 
 
-def worker_env(settings: Settings, tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in keys() and k != CONFIG_PATH_ENV}
-    config = tmp_path / "main.json"
-    config.write_text("{}")
-    env.update({
-        CONFIG_PATH_ENV: str(config), "POSTGRES_DSN": settings.postgres_dsn,
-        "RABBITMQ_HOST": settings.rabbitmq_host, "RABBITMQ_PORT": str(settings.rabbitmq_port),
-        "IMPORT_QUEUE": settings.import_queue, "IMPORT_RESULT_QUEUE": settings.result_queue,
-        "IMPORT_DEAD_QUEUE": settings.dead_queue, "JOB_SERVER_LOG": settings.log_path,
-        "IMPORT_BATCH_WAIT_MS": "20", "IMPORT_CONNECT_TIMEOUT_S": "5",
-    })
-    env.update(extra)
-    return env
 
 
 def command(*args: str) -> list[str]:
@@ -56,7 +41,7 @@ def test_every_error_result_is_logged_with_its_feedback_id_code_and_text(harness
         msg(email="x@example.com", data={"_fname": "x" * 3000}, feedback_id="fb-413"),
         msg(email="ok@example.com", feedback_id="fb-ok"),
     )
-    env = worker_env(harness.settings, tmp_path, IMPORT_MAX_MESSAGE_BYTES="2048")
+    env = worker_env(harness.settings, IMPORT_MAX_MESSAGE_BYTES="2048")
     done = subprocess.run(command("run", "--until-empty"), env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -80,7 +65,7 @@ def test_the_log_file_is_reopened_after_logrotate_moves_it(harness: Harness, tmp
     file of the configured name, and SIGTERM stops the worker with exit 0."""
     log_file = Path(harness.settings.log_path)
     rotated = log_file.with_name(log_file.name + ".1")
-    process = subprocess.Popen(command("run", "--max-runtime", "30"), env=worker_env(harness.settings, tmp_path),
+    process = subprocess.Popen(command("run", "--max-runtime", "30"), env=worker_env(harness.settings),
                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         harness.publish(msg(db_id=99, feedback_id="before-rotate"))
@@ -103,7 +88,7 @@ def test_the_log_file_is_reopened_after_logrotate_moves_it(harness: Harness, tmp
 def test_the_throughput_line_comes_every_log_interval(harness: Harness, tmp_path: Path) -> None:
     interval_s = 0.3
     harness.publish(*(msg(email=f"t{i}@example.com") for i in range(3)))
-    env = worker_env(harness.settings, tmp_path, IMPORT_LOG_INTERVAL_S=str(interval_s))
+    env = worker_env(harness.settings, IMPORT_LOG_INTERVAL_S=str(interval_s))
     done = subprocess.run(command("run", "--max-runtime", "2.5"), env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from conftest import Harness, msg
+from conftest import Harness, counts, msg, ok
 
 ALL_MODES = (
     "email", "email_profile", "email_sub", "phone", "phone_sub", "profile_id",
@@ -12,18 +12,8 @@ ALL_MODES = (
 )
 
 
-def ok(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    assert [r["error"] for r in results] == [0] * len(results), results
-    return results
 
 
-def counts(harness: Harness) -> tuple[int, int, int]:
-    """(profiles, subscriptions, events): what "nothing written" compares."""
-    return (
-        harness.count("SELECT count(*) FROM profiles"),
-        harness.count("SELECT count(*) FROM subscriptions"),
-        harness.count("SELECT count(*) FROM events"),
-    )
 
 
 # --- on no match: create, holding the match value; the next message finds it ---------

@@ -41,12 +41,7 @@ def drain(harness: Harness, tmp_path: Path, **env: str) -> None:
 
 
 def dead_letters(harness: Harness) -> list[tuple[Any, bytes]]:
-    out = []
-    while True:
-        method, props, body = harness.channel.basic_get(harness.settings.dead_queue, auto_ack=True)
-        if method is None:
-            return out
-        out.append((props, body))
+    return harness.messages(harness.settings.dead_queue)
 
 
 def bury(harness: Harness, tmp_path: Path) -> tuple[list[Message], list[Message], list[dict[str, Any]]]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -14,9 +13,9 @@ import pika
 import pika.exceptions
 import pytest
 
-from conftest import Harness, amqp_connection, msg
+from conftest import Harness, amqp_connection, msg, worker_env
 from dbimport.broker import Delivery, Outgoing
-from dbimport.config import CONFIG_PATH_ENV, Settings, keys, load_settings
+from dbimport.config import CONFIG_PATH_ENV, Settings, load_settings
 from dbimport.errors import BadInput, BrokerUnavailable, ResultUnroutable
 from dbimport.pipeline import Batch, Outcome
 from dbimport.results import Result
@@ -78,18 +77,6 @@ def test_the_input_and_dead_letter_queues_are_durable_without_arguments(settings
         assert declare(queue, arguments={"x-message-ttl": 1000}) == PRECONDITION_FAILED
 
 
-def worker_env(settings: Settings, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in keys() and k != CONFIG_PATH_ENV}
-    config = tmp_path / "main.json"
-    config.write_text("{}")
-    env.update({
-        CONFIG_PATH_ENV: str(config), "POSTGRES_DSN": settings.postgres_dsn,
-        "RABBITMQ_HOST": settings.rabbitmq_host, "RABBITMQ_PORT": str(settings.rabbitmq_port),
-        "IMPORT_QUEUE": settings.import_queue, "IMPORT_RESULT_QUEUE": settings.result_queue,
-        "IMPORT_DEAD_QUEUE": settings.dead_queue, "JOB_SERVER_LOG": settings.log_path,
-        "IMPORT_BATCH_WAIT_MS": "20", "IMPORT_CONNECT_TIMEOUT_S": "5",
-    })
-    return env
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -108,7 +95,7 @@ def test_a_result_queue_with_other_arguments_is_used_as_it_is_with_one_warning(
     for i in range(3):
         amqp.basic_publish("", settings.import_queue, json.dumps(msg(email=f"q{i}@example.com", feedback_id=f"q{i}")))
 
-    done = cli("run", "--until-empty", env=worker_env(settings, tmp_path))
+    done = cli("run", "--until-empty", env=worker_env(settings))
 
     assert done.returncode == 0, done.stderr
     answered = []
@@ -126,7 +113,7 @@ def test_a_result_queue_with_other_arguments_is_used_as_it_is_with_one_warning(
     # The queue is as it was.
     assert declare(settings.result_queue, arguments={"x-message-ttl": OTHER_TTL_MS}) == 0
 
-    checked = cli("check", env=worker_env(settings, tmp_path))
+    checked = cli("check", env=worker_env(settings))
     assert checked.returncode == 1, (checked.stdout, checked.stderr)
     assert settings.result_queue in checked.stdout
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import Harness, msg
+from conftest import Harness, counts, msg, ok
 
 SUBSCRIPTION_ROW = (
     "SELECT resource_id, channel, provider, address, profile_id, status, priority, custom_fields, cats "
@@ -11,18 +11,8 @@ SUBSCRIPTION_ROW = (
 )
 
 
-def ok(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    assert [r["error"] for r in results] == [0] * len(results), results
-    return results
 
 
-def counts(harness: Harness) -> tuple[int, int, int]:
-    """(profiles, subscriptions, events): what "nothing written" compares."""
-    return (
-        harness.count("SELECT count(*) FROM profiles"),
-        harness.count("SELECT count(*) FROM subscriptions"),
-        harness.count("SELECT count(*) FROM events"),
-    )
 
 
 def subscribe(*subscriptions: dict[str, Any], email: str = "ann@example.com", **fields: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import configparser
 import importlib.util
-import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import msg
+from conftest import msg, worker_env
 from dbimport.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,28 +47,13 @@ def loyalty_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return site
 
 
-def worker_env(site: Path, settings: Settings) -> dict[str, str]:
-    """The environment of a worker process: the plugin on its path, the test's services."""
-    env = {k: v for k, v in os.environ.items() if k != "DBIMPORT_CONFIG"}
-    env.update(
-        PYTHONPATH=str(site),
-        POSTGRES_DSN=settings.postgres_dsn,
-        RABBITMQ_HOST=settings.rabbitmq_host,
-        RABBITMQ_PORT=str(settings.rabbitmq_port),
-        IMPORT_QUEUE=settings.import_queue,
-        IMPORT_RESULT_QUEUE=settings.result_queue,
-        IMPORT_DEAD_QUEUE=settings.dead_queue,
-        JOB_SERVER_LOG=settings.log_path,
-        IMPORT_BATCH_WAIT_MS="20",
-    )
-    return env
 
 
 def dbimport_worker(site: Path, settings: Settings, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     assert WORKER.exists(), f"{WORKER} is missing: install dbimport into this environment"
     # cwd has no main.json: the environment alone configures the worker.
     return subprocess.run(
-        [str(WORKER), *args], env=worker_env(site, settings), cwd=cwd,
+        [str(WORKER), *args], env=worker_env(settings, PYTHONPATH=str(site)), cwd=cwd,
         capture_output=True, text=True, timeout=WORKER_TIMEOUT_S,
     )
 
