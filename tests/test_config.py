@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from conftest import worker_env
-from dbimport.config import CONFIG_PATH_ENV, Settings, load_settings, log_safe
+from dbimport.config import CONFIG_PATH_ENV, Settings, keys, load_settings, log_safe
 from dbimport.errors import ConfigError
 
 EX_UNAVAILABLE, EX_CONFIG = 69, 78
@@ -207,3 +208,14 @@ def test_a_broker_refusing_the_start_logs_no_password(tmp_path: Path, settings: 
     for text in (log, done.stderr, done.stdout):
         assert PG_SECRET not in text
         assert MQ_SECRET not in text
+
+
+def test_every_configuration_key_is_documented() -> None:
+    """Given the keys the worker reads, then each is in the README's configuration table
+    and in docs/configuration.md, and neither documents a key the worker does not read."""
+    root = Path(__file__).parent.parent
+    for doc, heading in ((root / "README.md", "## Configuration"), (root / "docs" / "configuration.md", "## The keys")):
+        section = doc.read_text().split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+        first_cells = re.findall(r"^\| ([^|]+) \|", section, re.M)
+        documented = {key for cell in first_cells for key in re.findall(r"`([A-Z][A-Z0-9_]+)`", cell)}
+        assert documented == set(keys()), (doc.name, set(keys()) ^ documented)
