@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import pika
 import pika.channel
@@ -30,8 +30,6 @@ BLOCKED_CONNECTION_TIMEOUT_S = 300
 SOCKET_TIMEOUT_S = 10
 DEAD_REASON_HEADER = "x-dbimport-dead-reason"
 DEAD_SOURCE_HEADER = "x-dbimport-source-queue"
-
-T = TypeVar("T")
 
 
 @dataclass(slots=True)

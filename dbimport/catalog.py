@@ -11,8 +11,6 @@ from .errors import Forbidden, NotFound
 
 log = logging.getLogger(__name__)
 
-FIELD_TYPES = ("int", "float", "string", "bool", "date", "list", "ip", "tags", "object", "arr_object")
-
 # A catalog miss (an id or field we do not know) reloads at most this often, so a
 # stream of messages naming unknown databases cannot hammer PostgreSQL.
 RELOAD_MIN_INTERVAL_S = 1.0

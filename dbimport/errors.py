@@ -87,14 +87,3 @@ class BrokerUnavailable(Transient):
 
 class ResultUnroutable(BrokerUnavailable):
     """The broker returned a result as unroutable (the result queue is gone)."""
-
-
-# --- internal: neither bad input nor transient ---------------------------------
-
-
-class InternalError(DbimportError):
-    """A message failed for a reason that is neither its input nor an outage.
-
-    After `IMPORT_MAX_DELIVERIES` such failures the message is answered 500
-    and copied to the dead-letter queue.
-    """

@@ -23,6 +23,7 @@ def dbimport_register_matchers() -> Sequence[Matcher]:
     Every mode name must be unique across all plugins: a duplicate stops the
     worker at start, naming both plugins.
     """
+    raise NotImplementedError  # a specification: pluggy calls the plugins' implementations
 
 
 @hookspec

@@ -6,7 +6,7 @@ import importlib.metadata
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import pluggy
@@ -79,7 +79,8 @@ class Registry(Mapping[str, Matcher]):
         for impl in pm.hook.dbimport_register_matchers.get_hookimpls():
             # Neither built in nor from an entry point: registered by the embedding code.
             package, version = distributions.get(impl.plugin_name, ("(in-process)", "-"))
-            for matcher in impl.function() or ():
+            matchers = cast(Iterable[Any], impl.function() or ())
+            for matcher in matchers:
                 self._add(Registration(matcher, impl.plugin_name, package, version))
 
     def _add(self, reg: Registration) -> None:

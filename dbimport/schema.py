@@ -21,7 +21,7 @@ MAINTENANCE_DATABASE = "postgres"
 _MIGRATION_FILE = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 
 # The unique indexes the worker's guarantees rest on (`check` verifies them).
-REQUIRED_UNIQUE_KEYS = {
+REQUIRED_UNIQUE_KEYS: dict[str, list[tuple[str, ...]]] = {
     "profiles": [("db_id", "profile_id"), ("db_id", "email")],
     "subscriptions": [("db_id", "resource_id", "channel", "provider", "address")],
     "message_log": [("db_id", "message_key")],

@@ -82,7 +82,7 @@ def stage_subscription(
             entry[name] = value
     if is_new:
         entry.setdefault("status", DEFAULT_SUBSCRIPTION_STATUS)
-    after = entry.get("status", before)
+    after = str(entry.get("status", before))
     statuses[key] = after
     if not record:
         return

@@ -70,7 +70,7 @@ def first_line(exc: BaseException) -> str:
 def with_database(dsn: str, dbname: str) -> str:
     params = psycopg.conninfo.conninfo_to_dict(dsn)
     params["dbname"] = dbname
-    return psycopg.conninfo.make_conninfo(**params)
+    return psycopg.conninfo.make_conninfo("", **params)
 
 
 def database_name(dsn: str) -> str:
