@@ -66,7 +66,7 @@ def stage_subscription(
     rows: Rows, statuses: dict[SubscriptionKey, str], profile_id: str,
     sub: SubscriptionWrite, *, feedback_id: str, record: bool,
 ) -> None:
-    """Merge `sub` into the round's subscription rows; record its status events.
+    """Merge `sub` into the segment's subscription rows; record its status events.
 
     `statuses` holds each subscription's status as the writes so far leave it.
     """
