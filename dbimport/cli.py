@@ -55,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--until-empty", action="store_true",
                      help="exit 0 once the queue is drained (for cron and tests); give up with 69 "
                      "if a service stays unreachable for IMPORT_CONNECT_TIMEOUT_S")
-    run.add_argument("--max-messages", type=_positive_int, metavar="N", help="exit 0 after answering N messages")
-    run.add_argument("--max-runtime", type=_positive_float, metavar="S", help="exit 0 after S seconds")
-    run.add_argument("--workers", type=_positive_int, metavar="N", default=1,
+    run.add_argument("--max-messages", type=positive_int, metavar="N", help="exit 0 after answering N messages")
+    run.add_argument("--max-runtime", type=positive_float, metavar="S", help="exit 0 after S seconds")
+    run.add_argument("--workers", type=positive_int, metavar="N", default=1,
                      help="run N worker processes under this one, which forwards SIGTERM/SIGINT "
                      "and restarts a worker that dies (default 1: work in this process)")
     run.add_argument("--metrics-port", type=int, metavar="PORT",
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dead queue only after the broker confirmed the copy), resetting their failure counts so "
         "they are handled afresh. Fix the cause first: see the x-dbimport-dead-reason header.",
     )
-    replay.add_argument("--max", type=_positive_int, metavar="N", dest="max_messages",
+    replay.add_argument("--max", type=positive_int, metavar="N", dest="max_messages",
                         help="move at most N messages (default: all)")
     commands.add_parser(
         "matchers", help="list the matching modes",
@@ -94,15 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
+def positive_float(text: str) -> float:
+    """An argparse type: a number greater than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError("must be greater than 0")
     return value

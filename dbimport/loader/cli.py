@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..cli import positive_float, positive_int
 from ..config import Settings, load_settings, log_safe
 from ..errors import BrokerUnavailable, ConfigError
 
@@ -64,45 +65,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a value for every row (a message key or data field, e.g. field_name=CRM_ID); "
                    "TARGET:json parses VALUE as JSON; a row's own value wins; repeatable")
     p.add_argument("--delimiter", default=",", metavar="CHAR", help="CSV delimiter (default ,)")
-    p.add_argument("--account-id", type=_positive_int, metavar="N", help="account_id of every row")
-    p.add_argument("--db-id", type=_positive_int, metavar="N", help="db_id of every row")
+    p.add_argument("--account-id", type=positive_int, metavar="N", help="account_id of every row")
+    p.add_argument("--db-id", type=positive_int, metavar="N", help="db_id of every row")
     p.add_argument("--matching", metavar="MODE", help="matching mode (default: the worker's, email)")
     p.add_argument("--update-only", action="store_true", help="never create profiles")
     p.add_argument("--skip-triggers", action="store_true", help="record no trigger events")
-    p.add_argument("--resource-id", type=_positive_int, metavar="N", help="resource_id of every row")
+    p.add_argument("--resource-id", type=positive_int, metavar="N", help="resource_id of every row")
     p.add_argument("--config", metavar="PATH", help="main.json to read (default: $DBIMPORT_CONFIG, else ./main.json)")
-    p.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, metavar="N",
+    p.add_argument("--batch", type=positive_int, default=DEFAULT_BATCH, metavar="N",
                    help=f"messages per confirmed (committed) batch (default {DEFAULT_BATCH})")
     p.add_argument("--wait", action="store_true", help="collect this run's results, print a summary")
-    p.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S, metavar="S",
+    p.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_S, metavar="S",
                    help=f"with --wait: stop when no result came for S seconds (default {DEFAULT_TIMEOUT_S:g})")
     p.add_argument("--report", type=Path, metavar="PATH",
                    help="failed rows as CSV (default: FILE's name + .report.csv, in the current folder)")
-    p.add_argument("--from-line", type=_positive_int, default=1, metavar="N",
+    p.add_argument("--from-line", type=positive_int, default=1, metavar="N",
                    help="skip rows before line N (to resume an interrupted load)")
     p.add_argument("--dry-run", action="store_true", help="read and check every row, publish nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return p
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
-    return value
 
 
 def file_format(path: Path, given: str | None) -> str:
