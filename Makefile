@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: demo test bench check
+.PHONY: demo test bench sweep bench-loader check
 
 ## demo: set up, import examples/messages.jsonl with main.json, print the results
 demo:
@@ -18,6 +18,14 @@ test:
 ## bench: the throughput benchmark against the local services (see bench/)
 bench:
 	env=$$(scripts/services) && eval "$$env" && .venv/bin/python bench/throughput.py $(BENCH_ARGS)
+
+## sweep: the worker over a grid of IMPORT_PREFETCH x IMPORT_BATCH_SIZE
+sweep:
+	env=$$(scripts/services) && eval "$$env" && .venv/bin/python bench/sweep.py $(BENCH_ARGS)
+
+## bench-loader: dbimport-load publishing a generated 1M-row CSV (rows/s, peak RSS)
+bench-loader:
+	env=$$(scripts/services) && eval "$$env" && .venv/bin/python bench/loader.py $(BENCH_ARGS)
 
 ## check: dbimport-worker check with main.json (services, schema, queues)
 check:
