@@ -46,6 +46,20 @@ class Delivery:
     # Which connection of this worker it came on (see Broker.holds).
     connection: int = 0
 
+    @classmethod
+    def of(cls, method: Any, properties: pika.BasicProperties, body: bytes, *, connection: int = 0) -> Delivery:
+        """A delivery from pika's basic.deliver or basic.get-ok."""
+        return cls(
+            tag=method.delivery_tag,
+            body=body,
+            redelivered=bool(method.redelivered),
+            correlation_id=properties.correlation_id,
+            message_id=properties.message_id,
+            timestamp=properties.timestamp,
+            properties=properties,
+            connection=connection,
+        )
+
 
 @dataclass(slots=True)
 class Outgoing:
@@ -104,7 +118,6 @@ class Broker:
         self._consumer_tag: str | None = None
         self._last_tag = 0
         self._connections = 0
-        self.warnings: list[str] = []
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -141,7 +154,6 @@ class Broker:
                 f"(rabbitmqctl set_policy ...) and align the configuration"
             )
             log.warning(warning)
-            self.warnings.append(warning)
 
     def start_consuming(self) -> None:
         assert self._connection is not None
@@ -178,10 +190,6 @@ class Broker:
                 pass
         self._connection = self._consume = self._publish = None
 
-    @property
-    def is_open(self) -> bool:
-        return self._connection is not None and self._connection.is_open
-
     # --- consuming -------------------------------------------------------------------
 
     def _on_message(
@@ -189,16 +197,7 @@ class Broker:
         properties: pika.spec.BasicProperties, body: bytes,
     ) -> None:
         self._last_tag = method.delivery_tag
-        self._buffer.append(Delivery(
-            tag=method.delivery_tag,
-            body=body,
-            redelivered=bool(method.redelivered),
-            correlation_id=properties.correlation_id,
-            message_id=properties.message_id,
-            timestamp=properties.timestamp,
-            properties=properties,
-            connection=self._connections,
-        ))
+        self._buffer.append(Delivery.of(method, properties, body, connection=self._connections))
 
     def _on_cancel(self, _frame: Any) -> None:
         self._consumer_tag = None
@@ -353,11 +352,7 @@ def move_dead_letters(
                 method, properties, body = channel.basic_get(settings.dead_queue, auto_ack=False)
                 if method is None:
                     break
-                delivery = Delivery(
-                    tag=method.delivery_tag, body=body, redelivered=False,
-                    correlation_id=properties.correlation_id, message_id=properties.message_id,
-                    timestamp=properties.timestamp, properties=properties,
-                )
+                delivery = Delivery.of(method, properties, body)
                 before_publish(delivery)
                 headers = {k: v for k, v in (properties.headers or {}).items()
                            if k not in (DEAD_REASON_HEADER, DEAD_SOURCE_HEADER)}

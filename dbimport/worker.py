@@ -15,6 +15,7 @@ from .config import Settings, log_safe
 from .errors import BrokerUnavailable, ConfigError, DatabaseUnavailable, Transient
 from .housekeeping import prune
 from .pipeline import Batch, Outcome, Pipeline, log_error_results
+from .retry import service_retry
 from .plugins import Registry, get_plugin_manager
 from .schema import current_version, installed_version
 from .stats import Stats, ThroughputReporter
@@ -23,8 +24,6 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL_S = 600.0
-RECONNECT_FIRST_DELAY_S = 0.5
-RECONNECT_MAX_DELAY_S = 30.0
 # While idle, wait this long for a first message before checking stop flags.
 IDLE_WAIT_S = 0.5
 
@@ -178,25 +177,28 @@ class Worker:
     def _connect(self, deadline: float | None) -> bool:
         """Both services, retried with backoff: False if stopped meanwhile,
         ServiceUnavailable past `deadline` (None: retry for ever)."""
-        delay = RECONNECT_FIRST_DELAY_S
-        attempt = 1
-        while not self._stopping:
-            try:
-                self._check_schema()
-                self.broker.connect()
-                self.broker.start_consuming()
-                if attempt > 1:
-                    log.info("connected after %d attempts", attempt)
-                return True
-            except Transient as exc:
-                self.broker.close()
-                if deadline is not None and self._clock() + delay > deadline:
-                    raise ServiceUnavailable(self._safe(exc)) from None
-                log.warning("start attempt %d: %s; retrying in %.1f s", attempt, self._safe(exc), delay)
-                self._pause(delay)
-                delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
-                attempt += 1
-        return False
+        retrying = service_retry(
+            attempt="start", sleep=self._pause, stopping=lambda: self._stopping,
+            deadline=deadline, clock=self._clock,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    try:
+                        self._check_schema()
+                        self.broker.connect()
+                        self.broker.start_consuming()
+                    except Transient:
+                        self.broker.close()
+                        raise
+        except Transient as exc:
+            if self._stopping:
+                return False
+            raise ServiceUnavailable(self._safe(exc)) from None
+        tries = retrying.statistics.get("attempt_number", 1)
+        if tries > 1:
+            log.info("connected after %d attempts", tries)
+        return True
 
     def _pause(self, seconds: float) -> None:
         """Sleep without a broker connection, waking for a stop request."""
@@ -236,17 +238,18 @@ class Worker:
             return self._reconnect(lost, limits)
 
     def _wait_for_database(self) -> None:
-        delay = RECONNECT_FIRST_DELAY_S
-        while not self._stopping:
-            try:
-                with self.store.transaction() as conn:
-                    conn.execute("SELECT 1")
-                log.info("PostgreSQL is back")
-                return
-            except DatabaseUnavailable as exc:
-                log.warning("PostgreSQL still unavailable (%s); next try in %.1f s", self._safe(exc), delay)
-                self.broker.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
+        """Until PostgreSQL answers (or a stop request), sleeping through heartbeats."""
+        retrying = service_retry(
+            attempt="PostgreSQL", sleep=self.broker.sleep, stopping=lambda: self._stopping, clock=self._clock,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    with self.store.transaction() as conn:
+                        conn.execute("SELECT 1")
+        except DatabaseUnavailable:
+            return  # stopping
+        log.info("PostgreSQL is back")
 
     def _housekeeping(self) -> None:
         try:

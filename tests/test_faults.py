@@ -79,7 +79,7 @@ def test_kill_9_three_times_mid_stream_loses_nothing_and_applies_nothing_twice(
     nothing is applied twice."""
     messages = email_stream("kill")
     harness.publish(*messages)
-    env = worker_env(harness.settings, tmp_path)
+    env = worker_env(harness.settings)
 
     answered_at_kill = []
     for _ in range(3):
@@ -114,7 +114,7 @@ def test_database_connections_killed_every_second_lose_nothing_and_apply_nothing
     messages = email_stream("pgkill", matching=FAULT_MODE)
     harness.publish(*messages)
     pace = slow_down(tmp_path)
-    env = worker_env(harness.settings, tmp_path, FAULT_PACE_FILE=str(pace))
+    env = worker_env(harness.settings, FAULT_PACE_FILE=str(pace))
     worker = WorkerProcess(["run", "--until-empty"], env, tmp_path, launcher=True)
     kills: list[tuple[int, int]] = []  # (backends terminated, results published then)
     try:
@@ -155,7 +155,7 @@ def test_an_eight_second_database_outage_is_waited_out_on_the_same_amqp_connecti
     harness.publish(*messages)
     settings = harness.settings
     with TcpProxy(POSTGRES) as proxy:
-        env = worker_env(settings, tmp_path, POSTGRES_DSN=through(proxy, settings.postgres_dsn),
+        env = worker_env(settings, POSTGRES_DSN=through(proxy, settings.postgres_dsn),
                          RABBITMQ_HEARTBEAT_S="3")
         worker = WorkerProcess(["run"], env, tmp_path)
         try:
@@ -209,7 +209,7 @@ def test_the_broker_closing_the_worker_connection_three_times_loses_nothing_and_
     messages = email_stream("amqp", matching=FAULT_MODE)
     harness.publish(*messages)
     pace = slow_down(tmp_path)
-    env = worker_env(harness.settings, tmp_path, FAULT_PACE_FILE=str(pace))
+    env = worker_env(harness.settings, FAULT_PACE_FILE=str(pace))
     worker = WorkerProcess(["run", "--until-empty"], env, tmp_path, launcher=True)
     closes = []
     try:
@@ -244,7 +244,7 @@ def test_two_workers_under_one_supervisor_with_each_killed_once_create_one_profi
     one profile and every message is answered and applied once."""
     messages = modes_stream("two", values=50, copies=8)
     harness.publish(*messages)
-    env = worker_env(harness.settings, tmp_path)
+    env = worker_env(harness.settings)
     supervisor = WorkerProcess(["run", "--workers", "2", "--until-empty"], env, tmp_path)
     killed: list[tuple[int, int]] = []
     try:
@@ -272,7 +272,7 @@ def test_four_worker_processes_with_their_database_connections_killed_create_one
     exactly one profile and every message is answered and applied once."""
     messages = modes_stream("four", values=50, copies=8)
     harness.publish(*messages)
-    env = worker_env(harness.settings, tmp_path, IMPORT_BATCH_SIZE="20", IMPORT_PREFETCH="40")
+    env = worker_env(harness.settings, IMPORT_BATCH_SIZE="20", IMPORT_PREFETCH="40")
     workers = [WorkerProcess(["run", "--until-empty"], env, tmp_path) for _ in range(4)]
     kills: list[tuple[int, int]] = []
     try:
@@ -309,14 +309,14 @@ def test_a_message_redelivered_to_another_worker_while_the_first_still_applies_i
     first = msg(matching=FAULT_MODE, email="held@example.com", feedback_id="held-1", data={"_fname": "older"})
     newer = msg(matching=FAULT_MODE, email="held@example.com", feedback_id="held-2", data={"_fname": "newer"})
     settings = harness.settings
-    env_a = worker_env(settings, tmp_path, FAULT_HOLD_EMAIL="held@example.com",
+    env_a = worker_env(settings, FAULT_HOLD_EMAIL="held@example.com",
                        FAULT_HOLD_MARKER=str(holding), FAULT_HOLD_RELEASE=str(release))
     a = WorkerProcess(["run"], env_a, tmp_path, launcher=True)
     b = None
     try:
         harness.publish(first)
         wait_for(holding.exists, "worker A to hold the message in its transaction", while_alive=a)
-        b = WorkerProcess(["run"], worker_env(settings, tmp_path), tmp_path, launcher=True)
+        b = WorkerProcess(["run"], worker_env(settings), tmp_path, launcher=True)
         wait_for(lambda: harness.channel.queue_declare(settings.import_queue, passive=True).method.consumer_count == 2,
                  "worker B to consume", while_alive=b)
         closed = close_worker_connections(settings.import_queue, worker_pid=a.pid)
@@ -379,7 +379,7 @@ def test_a_batch_committed_but_not_answered_before_a_crash_is_answered_from_the_
     messages = email_stream("commit", count=600, emails=60)
     harness.publish(*messages)
     marker = tmp_path / "crashed"
-    env = worker_env(harness.settings, tmp_path)
+    env = worker_env(harness.settings)
     crashing = WorkerProcess(["run"], dict(env, FAULT_CRASH_AFTER_COMMIT=str(marker), FAULT_CRASH_AT_BATCH="3"),
                              tmp_path, launcher=True)
     assert crashing.wait() == CRASH_EXIT_CODE, crashing.output()[-3000:]
@@ -408,7 +408,7 @@ def test_a_batch_answered_but_not_acked_before_a_crash_gets_the_same_results_aga
     messages = email_stream("ack", count=600, emails=60)
     harness.publish(*messages)
     marker = tmp_path / "crashed"
-    env = worker_env(harness.settings, tmp_path)
+    env = worker_env(harness.settings)
     crashing = WorkerProcess(["run"], dict(env, FAULT_CRASH_BEFORE_ACK=str(marker), FAULT_CRASH_AT_BATCH="3"),
                              tmp_path, launcher=True)
     assert crashing.wait() == CRASH_EXIT_CODE, crashing.output()[-3000:]

@@ -74,7 +74,7 @@ def test_a_second_run_with_the_same_lock_file_exits_0_at_once_while_the_first_ho
     file, then it exits 0 at once without consuming; the first goes on answering; once the
     first has stopped, a new run takes the lock and drains the queue."""
     lock = tmp_path / "worker.lock"
-    env = worker_env(harness.settings, tmp_path)
+    env = worker_env(harness.settings)
     first = WorkerProcess(["run", "--lock-file", str(lock)], env, tmp_path)
     try:
         wait_for(lambda: log_lines(harness.settings, "starting:"), "the first run to start", while_alive=first)
@@ -121,7 +121,7 @@ def test_a_signal_mid_batch_finishes_the_batch_in_hand_acks_exactly_what_was_ans
     in_hand = messages[100]
     holding, release = tmp_path / "holding", tmp_path / "release"
     harness.publish(*messages)
-    env = worker_env(harness.settings, tmp_path, FAULT_HOLD_EMAIL=in_hand["email"],
+    env = worker_env(harness.settings, FAULT_HOLD_EMAIL=in_hand["email"],
                      FAULT_HOLD_MARKER=str(holding), FAULT_HOLD_RELEASE=str(release))
     worker = WorkerProcess(["run"], env, tmp_path, launcher=True)
     try:
@@ -151,7 +151,7 @@ def test_max_runtime_on_a_busy_queue_stops_in_time_and_acks_exactly_what_was_ans
     works on them, then it stops after about 2 s with exit 0, as cleanly as on SIGTERM."""
     messages = email_stream("runtime", matching=FAULT_MODE)
     harness.publish(*messages)
-    env = worker_env(harness.settings, tmp_path, FAULT_PACE_S="0.1")
+    env = worker_env(harness.settings, FAULT_PACE_S="0.1")
     started = time.monotonic()
     worker = WorkerProcess(["run", "--max-runtime", "2"], env, tmp_path, launcher=True)
     assert worker.wait() == 0, worker.output()[-3000:]
@@ -188,7 +188,7 @@ def test_until_empty_with_a_service_unreachable_retries_with_backoff_then_exits_
     IMPORT_CONNECT_TIMEOUT_S=3, then it logs each attempt with a doubling delay, and
     gives up with exit 69 in bounded time."""
     closed = TcpProxy(RABBITMQ if service == "RabbitMQ" else POSTGRES)  # never started: its port is closed
-    env = worker_env(harness.settings, tmp_path, IMPORT_CONNECT_TIMEOUT_S="3",
+    env = worker_env(harness.settings, IMPORT_CONNECT_TIMEOUT_S="3",
                      **pointing_at(harness.settings, service, closed.port))
     started = time.monotonic()
     done = subprocess.run(command("run", "--until-empty"), env=env, cwd=tmp_path,
@@ -213,7 +213,7 @@ def test_without_until_empty_the_worker_keeps_trying_and_drains_once_the_service
     proxy = TcpProxy(RABBITMQ if service == "RabbitMQ" else POSTGRES)
     messages = [msg(email=f"late{i}@example.com", feedback_id=f"late{i}") for i in range(100)]
     harness.publish(*messages)
-    env = worker_env(harness.settings, tmp_path, **pointing_at(harness.settings, service, proxy.port))
+    env = worker_env(harness.settings, **pointing_at(harness.settings, service, proxy.port))
     worker = WorkerProcess(["run"], env, tmp_path)
     try:
         wait_for(lambda: len(log_lines(harness.settings, "start attempt ")) >= 2, "two attempts", while_alive=worker)
@@ -232,7 +232,7 @@ def test_without_until_empty_the_worker_keeps_trying_and_drains_once_the_service
 
 def test_sigterm_while_retrying_at_start_exits_0_at_once(harness: Harness, tmp_path: Path) -> None:
     closed = TcpProxy(RABBITMQ)
-    env = worker_env(harness.settings, tmp_path, **pointing_at(harness.settings, "RabbitMQ", closed.port))
+    env = worker_env(harness.settings, **pointing_at(harness.settings, "RabbitMQ", closed.port))
     worker = WorkerProcess(["run"], env, tmp_path)
     try:
         wait_for(lambda: len(log_lines(harness.settings, "start attempt ")) >= 2, "two attempts", while_alive=worker)

@@ -34,7 +34,7 @@ def poisoned_stream() -> tuple[list[Message], list[Message]]:
 
 
 def drain(harness: Harness, tmp_path: Path, **env: str) -> None:
-    worker = WorkerProcess(["run", "--until-empty"], worker_env(harness.settings, tmp_path, **env), tmp_path,
+    worker = WorkerProcess(["run", "--until-empty"], worker_env(harness.settings, **env), tmp_path,
                            launcher=True)
     # Bounded: with the poison retried for ever, this would time out.
     assert worker.wait(DRAIN_TIMEOUT_S) == 0, worker.output()[-3000:]
@@ -99,7 +99,7 @@ def test_replay_dead_puts_dead_letters_back_and_once_fixed_they_are_answered_0(
     settings = harness.settings
     assert harness.queue_depth(settings.dead_queue) == 2
 
-    done = subprocess.run(command("replay-dead"), env=worker_env(settings, tmp_path), cwd=tmp_path,
+    done = subprocess.run(command("replay-dead"), env=worker_env(settings), cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert f"replayed 2 message(s) from {settings.dead_queue} to {settings.import_queue}" in done.stdout

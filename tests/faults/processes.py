@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from dbimport.config import CONFIG_PATH_ENV, Settings, keys
+from conftest import worker_env as base_worker_env
+from dbimport.config import Settings
 
 TESTS = Path(__file__).resolve().parent.parent
 POLL_S = 0.05
@@ -26,26 +27,11 @@ FAULT_TUNING = {
 }
 
 
-def worker_env(settings: Settings, workdir: Path, **extra: str) -> dict[str, str]:
-    """A worker's environment: the test's services, queues and log, no stray configuration."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in keys() and k != CONFIG_PATH_ENV and not k.startswith("FAULT_")}
-    config = workdir / "main.json"
-    if not config.exists():
-        config.write_text("{}")
-    env.update({
-        CONFIG_PATH_ENV: str(config),
-        "POSTGRES_DSN": settings.postgres_dsn,
-        "RABBITMQ_HOST": settings.rabbitmq_host,
-        "RABBITMQ_PORT": str(settings.rabbitmq_port),
-        "IMPORT_QUEUE": settings.import_queue,
-        "IMPORT_RESULT_QUEUE": settings.result_queue,
-        "IMPORT_DEAD_QUEUE": settings.dead_queue,
-        "JOB_SERVER_LOG": settings.log_path,
-        **FAULT_TUNING,
-        # The launcher imports faults.* from the tests' folder.
-        "PYTHONPATH": os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p),
-    })
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """conftest.worker_env tuned for faults, without the caller's FAULT_* switches, and
+    with the tests' folder on the path (the launcher imports faults.*)."""
+    env = {k: v for k, v in base_worker_env(settings, **FAULT_TUNING).items() if not k.startswith("FAULT_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
     env.update(extra)
     return env
 
