@@ -1,15 +1,12 @@
 """The catalog: accounts' databases, resources, links and field declarations, cached."""
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import Forbidden, NotFound
-
-log = logging.getLogger(__name__)
 
 # A catalog miss (an id or field we do not know) reloads at most this often, so a
 # stream of messages naming unknown databases cannot hammer PostgreSQL.
@@ -78,14 +75,16 @@ class Snapshot:
 class Catalog:
     """Answers tenancy questions from memory, reloading from PostgreSQL when stale.
 
-    `loader` returns the rows of the catalog tables; see `store.load_catalog`.
+    `loader` returns the rows of the catalog tables (see `read_catalog`).
     """
 
-    def __init__(self, *, loader: Any, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, *, loader: Callable[[], Mapping[str, list[tuple[Any, ...]]]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._loader = loader
         self._clock = clock
         self._snapshot = Snapshot(databases={}, loaded_at=float("-inf"))
-        self._last_miss_reload = float("-inf")
 
     def reload(self) -> None:
         self._snapshot = Snapshot(databases=build_databases(self._loader()), loaded_at=self._clock())
@@ -95,10 +94,8 @@ class Catalog:
             self.reload()
 
     def _reload_on_miss(self) -> bool:
-        now = self._clock()
-        if now - max(self._last_miss_reload, self._snapshot.loaded_at) < RELOAD_MIN_INTERVAL_S:
+        if self._clock() - self._snapshot.loaded_at < RELOAD_MIN_INTERVAL_S:
             return False
-        self._last_miss_reload = now
         self.reload()
         return True
 

@@ -1,7 +1,6 @@
 """The PostgreSQL connection: opening it, its transactions, and its errors as types."""
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,8 +13,6 @@ from psycopg.types.json import set_json_dumps, set_json_loads
 
 from .config import redact_dsn
 from .errors import DatabaseUnavailable, DbimportError, WriteRace
-
-log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5
 # Statements over this are cancelled: a stuck lock must not hold a batch forever.

@@ -11,13 +11,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .cli import EX_CONFIG, EX_OK, EX_UNAVAILABLE
+
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.2
 RESTART_FIRST_DELAY_S = 1.0
 RESTART_MAX_DELAY_S = 30.0
-# Exit codes after which a child is not restarted: it finished, or every child would fail alike.
-FINAL_EXIT_CODES = {0, 69, 78}
+# A child that exits with one of these stops the whole run: every child would fail alike.
+FATAL_EXIT_CODES = {EX_UNAVAILABLE, EX_CONFIG}
+# Exit codes after which a child is not restarted: it finished, or it is fatal.
+FINAL_EXIT_CODES = {EX_OK, *FATAL_EXIT_CODES}
 
 
 @dataclass
@@ -25,7 +29,6 @@ class Child:
     slot: int
     process: subprocess.Popen[bytes]
     started_at: float
-    restarts: int = 0
 
 
 class Supervisor:
@@ -36,10 +39,9 @@ class Supervisor:
     after a backoff that grows while children keep dying young.
     """
 
-    def __init__(self, command: Sequence[str], *, workers: int, env: dict[str, str] | None = None) -> None:
+    def __init__(self, command: Sequence[str], *, workers: int) -> None:
         self.command = list(command)
         self.workers = workers
-        self.env = env
         self.children: dict[int, Child] = {}
         self.stopping = False
         self.exit_code = 0
@@ -57,7 +59,7 @@ class Supervisor:
                     continue
                 del self.children[slot]
                 if self.stopping or code in FINAL_EXIT_CODES:
-                    if code in (69, 78) and not self.stopping:
+                    if code in FATAL_EXIT_CODES and not self.stopping:
                         log.error("worker %d exited %d; stopping the others", slot, code)
                         self.exit_code = code
                         self._signal_all(signal.SIGTERM)
@@ -71,14 +73,12 @@ class Supervisor:
                             slot, child.process.pid, _describe(code), delays[slot])
                 self._sleep(delays[slot])
                 if not self.stopping:
-                    self._start(slot, restarts=child.restarts + 1)
+                    self._start(slot)
         return self.exit_code
 
-    def _start(self, slot: int, restarts: int = 0) -> None:
-        env = dict(self.env if self.env is not None else os.environ)
-        env["DBIMPORT_WORKER_SLOT"] = str(slot)
-        process = subprocess.Popen(self.command, env=env)
-        self.children[slot] = Child(slot, process, time.monotonic(), restarts)
+    def _start(self, slot: int) -> None:
+        process = subprocess.Popen(self.command, env={**os.environ, "DBIMPORT_WORKER_SLOT": str(slot)})
+        self.children[slot] = Child(slot, process, time.monotonic())
         log.info("worker %d started (pid %d)", slot, process.pid)
 
     def _install_signal_handlers(self) -> None:
