@@ -91,6 +91,43 @@ def _log_level(key: str, value: Any) -> str:
     return text
 
 
+def _choice(*options: str) -> Parser:
+    def parse(key: str, value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in options:
+            raise ConfigError(key, f"expected {' or '.join(options)}, got {value!r}")
+        return text
+
+    return parse
+
+
+def parse_nodes(text: str, default_port: int) -> tuple[tuple[str, int], ...]:
+    """`host`, `host:port` or `[v6 address]:port` entries, comma-separated."""
+    nodes = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            raise ValueError("has an empty entry")
+        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\s\[\]]+)(?::(\d+))?|([0-9A-Fa-f:]+)", entry)
+        if match is None:
+            raise ValueError(f"entry {entry!r} is not host, host:port or [address]:port")
+        host = match.group(1) or match.group(3) or match.group(5)
+        port_text = match.group(2) or match.group(4)
+        port = int(port_text) if port_text else default_port
+        if not 1 <= port <= 65535:
+            raise ValueError(f"entry {entry!r} has a port out of 1-65535")
+        nodes.append((host, port))
+    return tuple(nodes)
+
+
+def _hosts(key: str, value: Any) -> str:
+    text = _text()(key, value)
+    try:
+        parse_nodes(text, 5672)
+    except ValueError as exc:
+        raise ConfigError(key, f"{exc} (a comma-separated list of host or host:port)") from None
+    return text
+
+
 def _dsn(key: str, value: Any) -> str:
     text = _text()(key, value)
     import psycopg.conninfo
@@ -111,7 +148,7 @@ def setting(key: str, default: Any, parse: Parser, *, secret: bool = False) -> A
 class Settings:
     """Every setting the worker reads; build it with `load_settings`."""
 
-    rabbitmq_host: str = setting("RABBITMQ_HOST", "127.0.0.1", _text())
+    rabbitmq_host: str = setting("RABBITMQ_HOST", "127.0.0.1", _hosts)
     rabbitmq_port: int = setting("RABBITMQ_PORT", 5672, _integer(1, 65535))
     rabbitmq_vhost: str = setting("RABBITMQ_VHOST", "/", _text())
     rabbitmq_user: str = setting("RABBITMQ_USER", "guest", _text())
@@ -128,6 +165,7 @@ class Settings:
     import_queue: str = setting("IMPORT_QUEUE", "database_import", _text())
     result_queue: str = setting("IMPORT_RESULT_QUEUE", "database_import_result", _text())
     dead_queue: str = setting("IMPORT_DEAD_QUEUE", "database_import.dead", _text())
+    queue_type: str = setting("IMPORT_QUEUE_TYPE", "classic", _choice("classic", "quorum"))
     log_path: str = setting("JOB_SERVER_LOG", "job_server.log", _text())
     log_level: str = setting("DEFAULT_LOG_LEVEL", "INFO", _log_level)
     log_interval_s: float = setting("IMPORT_LOG_INTERVAL_S", 5.0, _number(0.1))
@@ -167,6 +205,11 @@ class Settings:
     def result_ttl_ms(self) -> int:
         return self.result_ttl_s * 1000
 
+    @property
+    def rabbitmq_nodes(self) -> tuple[tuple[str, int], ...]:
+        """(host, port) of each node of RABBITMQ_HOST, in the order given."""
+        return parse_nodes(self.rabbitmq_host, self.rabbitmq_port)
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
@@ -203,16 +246,24 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def load_settings(
+@dataclass(frozen=True)
+class Loaded:
+    """Settings, and the warnings to log once logging is set up."""
+
+    settings: Settings
+    warnings: tuple[str, ...] = ()
+
+
+def load(
     path: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
     **overrides: Any,
-) -> Settings:
+) -> Loaded:
     """Defaults, then the file, then the environment, then `overrides` (by field name).
 
     With no `path`, `$DBIMPORT_CONFIG` is used, else `main.json` if it exists.
-    Unknown keys in the file are ignored: main.json is shared with the rest of
-    the platform.
+    Unknown keys in the file are allowed (main.json is shared with the rest of
+    the platform), but one that is a typo of a known key is warned about.
     """
     env = os.environ if environ is None else environ
     if path is None:
@@ -231,33 +282,62 @@ def load_settings(
             continue
         values[f.name] = f.metadata["parse"](key, raw)
     values.update(overrides)
-    return Settings(**values)
+    warnings = near_misses(file_values, f"in {path}") + near_misses(
+        {k: v for k, v in env.items() if k.startswith(ENV_PREFIXES)}, "in the environment"
+    )
+    return Loaded(Settings(**values), tuple(warnings))
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """The settings alone (see `load`)."""
+    return load(path, environ, **overrides).settings
+
+
+# Environment variables with these prefixes are checked for typos of known keys.
+ENV_PREFIXES = ("IMPORT_", "RABBITMQ_", "POSTGRES_")
+
+
+def near_misses(given: Mapping[str, Any], where: str) -> list[str]:
+    """One warning per unknown key that is one edit away from a known key."""
+    known = keys()
+    warnings = []
+    for key in sorted(given):
+        if key in known:
+            continue
+        close = [k for k in known if one_edit_apart(key, k)]
+        if close:
+            warnings.append(
+                f"unknown configuration key {key!r} {where}: did you mean {close[0]!r}? "
+                f"It is ignored; {close[0]} keeps its value"
+            )
+    return warnings
+
+
+def one_edit_apart(a: str, b: str) -> bool:
+    """Whether one insertion, deletion, substitution or swap of neighbours turns `a` into `b`."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diffs = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+        if len(diffs) == 1:
+            return True
+        return len(diffs) == 2 and diffs[1] == diffs[0] + 1 and a[diffs[0]] == b[diffs[1]] and a[diffs[1]] == b[diffs[0]]
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    i = 0
+    while i < len(short) and short[i] == long[i]:
+        i += 1
+    return short[i:] == long[i + 1:]
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
-# The look-ahead leaves an already masked value alone (a line logged twice).
-_KW_PASSWORD = re.compile(r"(password\s*=\s*)(?!\*\*\*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_KW_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
 
 
 def redact_dsn(dsn: str) -> str:
-    """`dsn` with its password replaced by `***`, in either DSN form."""
+    """`dsn` rendered for a log line or `repr`: its password as `***`, in either DSN form."""
     dsn = _URL_PASSWORD.sub(r"\1***@", dsn)
     return _KW_PASSWORD.sub(r"\1***", dsn)
-
-
-def log_safe(text: str, settings: Settings) -> str:
-    """`text` with every secret of `settings` masked: for error messages we did not write."""
-    for secret in (settings.rabbitmq_pass, _dsn_password(settings.postgres_dsn)):
-        if secret and len(secret) >= 3:
-            text = text.replace(secret, "***")
-    return redact_dsn(text)
-
-
-def _dsn_password(dsn: str) -> str:
-    import psycopg.conninfo
-
-    try:
-        return str(psycopg.conninfo.conninfo_to_dict(dsn).get("password") or "")
-    except psycopg.ProgrammingError:
-        return ""
-

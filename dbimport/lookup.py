@@ -13,7 +13,6 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
-
 # GIN look-ups run as one LATERAL probe per value, and db_id is checked outside it:
 # OFFSET 0 keeps the planner from flattening the probe into a join or pushing db_id
 # into it. Otherwise, on a growing table with stale statistics, it pairs each probe

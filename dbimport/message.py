@@ -13,7 +13,7 @@ import jsonschema.exceptions
 import orjson
 
 from .errors import BadInput, TooLarge
-from .results import MAX_FEEDBACK_ID_CHARS
+from .feedback import UTF8_BOM
 
 DEFAULT_MODE = "email"
 MESSAGE_SCHEMA_FILE = "message.json"
@@ -43,18 +43,37 @@ class Envelope:
 
 
 def parse(raw: bytes, *, max_bytes: int) -> dict[str, Any]:
-    """The body as a JSON object; 413 if too large, 400 if it is not one."""
+    """The body as a JSON object; 413 if too large, 400 if it is not one.
+
+    A UTF-8 byte order mark before the JSON is accepted.
+    """
     if len(raw) > max_bytes:
         raise TooLarge(f"message is {len(raw)} bytes, over the limit of {max_bytes}")
+    if raw.startswith(UTF8_BOM):
+        raw = raw[len(UTF8_BOM):]
     if not raw.strip():
         raise BadInput("message is empty; expected a JSON object")
     try:
         message = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise BadInput(f"message is not valid UTF-8 JSON: {exc}") from None
+        raise BadInput(not_json(raw, exc)) from None
     if not isinstance(message, dict):
         raise BadInput(f"message must be a JSON object, not {type(message).__name__}")
     return message
+
+
+def not_json(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    """Why `raw` is not JSON, in one line: invalid UTF-8 and where, or the JSON error."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return (
+            f"message is not valid UTF-8: byte 0x{raw[bad.start]:02x} at byte {bad.start} "
+            f"({bad.reason}); the body must be JSON in UTF-8"
+        )
+    if "surrogates not allowed" in str(exc):
+        return "message is not valid JSON: a \\u escape is a lone UTF-16 surrogate, which is no character"
+    return f"message is not valid JSON: {exc}"
 
 
 def check_limits(message: dict[str, Any], raw: bytes, *, max_depth: int, max_string_chars: int) -> None:
@@ -107,15 +126,6 @@ def check_no_nul(value: Any) -> None:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
-
-
-def feedback_id_of(message: Any) -> str:
-    """The message's `feedback_id` if it is a string, for echoing even in a 400."""
-    if isinstance(message, dict):
-        value = message.get("feedback_id")
-        if isinstance(value, str):
-            return value[:MAX_FEEDBACK_ID_CHARS]
-    return ""
 
 
 def base_schema() -> dict[str, Any]:

@@ -23,6 +23,7 @@ import psycopg
 
 from .results import Result
 
+
 def lock(conn: psycopg.Connection[Any], db_id: int, keys: Sequence[bytes]) -> dict[bytes, Result]:
     """Lock the log rows of `keys`, in key order; the logged results of those that had one."""
     unique = sorted(set(keys))

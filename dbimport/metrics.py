@@ -1,12 +1,19 @@
 """Prometheus metrics: the worker's counters, batch latency and queue depth over HTTP."""
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
+from .errors import CannotCreate
 from .stats import Stats
 
 
@@ -24,6 +31,14 @@ class StatsCollector(Collector):
         for code, n in sorted(s.by_code.items()):
             results.add_metric([str(code)], n)
         yield results
+        refusals = CounterMetricFamily(
+            "dbimport_service_refusals",
+            "Times a service refused the worker while it was running (credentials, access), by service.",
+            labels=["service"],
+        )
+        for service in ("rabbitmq", "postgresql"):
+            refusals.add_metric([service], s.refusals[service])
+        yield refusals
         for name, value, text in (
             ("dbimport_profiles_created", s.created, "Profiles created."),
             ("dbimport_profiles_updated", s.updated, "Profile updates applied."),
@@ -43,8 +58,30 @@ class StatsCollector(Collector):
 
 
 def serve(stats: Stats, port: int, *, addr: str = "0.0.0.0") -> None:
-    """Expose the metrics on http://addr:port/metrics from a daemon thread."""
+    """Expose the metrics on http://addr:port/metrics from a daemon thread;
+    CannotCreate if the port cannot be had."""
     registry = CollectorRegistry()
     registry.register(StatsCollector(stats))
-    start_http_server(port, addr=addr, registry=registry)
+    try:
+        start_http_server(port, addr=addr, registry=registry)
+    except OSError as exc:
+        raise CannotCreate(port_problem(port, exc)) from None
+
+
+def port_problem(port: int, exc: OSError) -> str:
+    return (
+        f"cannot serve metrics on port {port}: {exc.strerror or exc} "
+        "(another process listens there: choose another --metrics-port, or stop that process)"
+    )
+
+
+def port_free(port: int, *, addr: str = "0.0.0.0") -> str | None:
+    """None if `port` can be listened on now, else the problem, for `check`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((addr, port))
+        except OSError as exc:
+            return port_problem(port, exc)
+    return None
 

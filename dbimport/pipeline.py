@@ -16,12 +16,13 @@ import pluggy
 from . import failures
 from .broker import Delivery
 from .catalog import Catalog, Database
-from .config import Settings, log_safe
-from .errors import BadInput, Transient, WriteRace
+from .config import Settings
+from .errors import BadInput, Refused, Transient, WriteRace
 from .events import TriggerEvent
+from .feedback import feedback_id_in_prefix, feedback_id_of
 from .fields import Limits
 from .matcher import Matcher, Query
-from .message import Envelope, MessageValidator, check_limits, feedback_id_of, parse
+from .message import Envelope, MessageValidator, check_limits, parse
 from .message_log import record
 from .plugins import Registry
 from .profile_data import ProfileWrite, check_data
@@ -118,10 +119,10 @@ class Pipeline:
         except WriteRace as exc:
             log.warning("batch kept racing (%s); handling its messages one by one", exc)
             batch = self._one_by_one(deliveries, sleep)
-        except Transient:
+        except (Transient, Refused):
             raise
         except Exception as exc:
-            log.error("batch failed: %s; handling its messages one by one", self._safe(exc), exc_info=True)
+            log.error("batch failed: %s; handling its messages one by one", exc, exc_info=True)
             batch = self._one_by_one(deliveries, sleep)
         self._notify(batch.events)
         return batch
@@ -163,13 +164,15 @@ class Pipeline:
                 # A matcher judged the input bad only while looking it up.
                 result = Result.failed(exc, feedback_id=self._feedback_id(delivery))
                 single = Batch([Outcome(delivery, result)])
+            except Refused:
+                raise
             except Transient as exc:
                 if not isinstance(exc, WriteRace):
                     raise
                 single = Batch([self._internal_failure(delivery, _Internal(db_id_of(delivery.body), str(exc)))])
             except Exception as exc:
-                log.error("message failed: %s", self._safe(exc), exc_info=True)
-                reason = f"{type(exc).__name__}: {self._safe(exc)}"
+                log.error("message failed: %s", exc, exc_info=True)
+                reason = f"{type(exc).__name__}: {exc}"
                 single = Batch([self._internal_failure(delivery, _Internal(db_id_of(delivery.body), reason))])
             merged.outcomes.extend(single.outcomes)
             merged.events.extend(single.events)
@@ -201,12 +204,13 @@ class Pipeline:
                 db = fresh
                 query, write = self._match_and_check(envelope, matcher, db)
         except BadInput as exc:
-            return Outcome(delivery, Result.failed(exc, feedback_id=feedback_id_of(message)))
-        except Transient:
+            feedback_id = feedback_id_in_prefix(delivery.body) if message is None else feedback_id_of(message)
+            return Outcome(delivery, Result.failed(exc, feedback_id=feedback_id))
+        except (Transient, Refused):
             raise
         except Exception as exc:
-            log.error("preparing a message failed: %s", self._safe(exc), exc_info=True)
-            return _Internal(db_id_of(delivery.body, message), f"{type(exc).__name__}: {self._safe(exc)}")
+            log.error("preparing a message failed: %s", exc, exc_info=True)
+            return _Internal(db_id_of(delivery.body, message), f"{type(exc).__name__}: {exc}")
         return Job(
             index=index,
             envelope=envelope,
@@ -251,10 +255,7 @@ class Pipeline:
         try:
             return feedback_id_of(parse(delivery.body, max_bytes=self.settings.max_message_bytes))
         except BadInput:
-            return ""
-
-    def _safe(self, exc: BaseException) -> str:
-        return log_safe(str(exc), self.settings)
+            return feedback_id_in_prefix(delivery.body)
 
     # --- after commit ----------------------------------------------------------------
 
@@ -264,7 +265,7 @@ class Pipeline:
         try:
             self.hooks.dbimport_events_committed(events=events)
         except Exception as exc:
-            log.error("a dbimport_events_committed hook failed: %s", self._safe(exc), exc_info=True)
+            log.error("a dbimport_events_committed hook failed: %s", exc, exc_info=True)
 
 
 def log_error_results(outcomes: Sequence[Outcome]) -> None:

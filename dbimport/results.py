@@ -10,7 +10,6 @@ from .errors import BadInput
 OK = 0
 INTERNAL_ERROR = 500
 MAX_ERROR_TEXT_CHARS = 500
-MAX_FEEDBACK_ID_CHARS = 255
 
 
 @dataclass(frozen=True, slots=True)

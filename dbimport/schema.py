@@ -10,8 +10,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .errors import DatabaseUnavailable
-from .store import Store, database_name, first_line, with_database
+from .store import Store, database_name, translate, with_database
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +62,11 @@ def create_database(dsn: str) -> bool:
                 return False  # created by a concurrent init-db
             log.info("created database %s", name)
             return True
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {first_line(exc)}") from None
+    except psycopg.Error as exc:
+        translated = translate(exc, dsn)
+        if translated is exc:
+            raise
+        raise translated from None
 
 
 def migrate(store: Store) -> list[int]:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger("dbimport.throughput")
 
+# An idle worker says so once, then at most this often.
+IDLE_REPORT_INTERVAL_S = 300.0
 BATCH_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -25,6 +27,8 @@ class Stats:
     dead: int = 0
     batches: int = 0
     by_code: Counter[int] = field(default_factory=Counter)
+    # Refusals while running (credentials rotated, access revoked), by service.
+    refusals: Counter[str] = field(default_factory=Counter)
     batch_seconds: float = 0.0
     batch_buckets: list[int] = field(default_factory=lambda: [0] * len(BATCH_SECONDS_BUCKETS))
     # Set by the reporter, read by the metrics endpoint.
@@ -65,8 +69,10 @@ class ThroughputReporter:
         self._clock = clock
         self._last_time = clock()
         self._last_handled = stats.handled
+        self._last_requeued = stats.requeued
         self._last_batches = stats.batches
         self._last_batch_seconds = stats.batch_seconds
+        self._idle_said_at: float | None = None
 
     def maybe_report(self) -> None:
         now = self._clock()
@@ -76,6 +82,10 @@ class ThroughputReporter:
         s = self._stats
         s.rate = (s.handled - self._last_handled) / elapsed if elapsed > 0 else 0.0
         s.queue_depth = self._depth()
+        if s.handled == self._last_handled and s.requeued == self._last_requeued:
+            self._report_idle(now)
+            return
+        self._idle_said_at = None
         batches = s.batches - self._last_batches
         latency_ms = 1000 * (s.batch_seconds - self._last_batch_seconds) / batches if batches else 0.0
         errors = ", ".join(f"{code}={n}" for code, n in sorted(s.by_code.items()) if code != 0) or "none"
@@ -87,5 +97,18 @@ class ThroughputReporter:
         )
         self._last_time = now
         self._last_handled = s.handled
+        self._last_requeued = s.requeued
         self._last_batches = s.batches
         self._last_batch_seconds = s.batch_seconds
+
+    def _report_idle(self, now: float) -> None:
+        """Once when the worker becomes idle, then at most every IDLE_REPORT_INTERVAL_S."""
+        self._last_time = now
+        if self._idle_said_at is not None and now - self._idle_said_at < IDLE_REPORT_INTERVAL_S:
+            return
+        self._idle_said_at = now
+        s = self._stats
+        log.info(
+            "idle: no messages to handle; handled %d so far; queue depth=%s",
+            s.handled, "?" if s.queue_depth is None else s.queue_depth,
+        )

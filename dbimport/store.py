@@ -1,6 +1,9 @@
 """The PostgreSQL connection: opening it, its transactions, and its errors as types."""
 from __future__ import annotations
 
+import getpass
+import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,7 +15,13 @@ import psycopg.errors
 from psycopg.types.json import set_json_dumps, set_json_loads
 
 from .config import redact_dsn
-from .errors import DatabaseUnavailable, DbimportError, WriteRace
+from .errors import (
+    DatabaseRefused,
+    DatabaseUnavailable,
+    DbimportError,
+    ExitCode,
+    WriteRace,
+)
 
 CONNECT_TIMEOUT_S = 5
 # Statements over this are cancelled: a stuck lock must not hold a batch forever.
@@ -41,13 +50,34 @@ _RACES = (
 _OUTAGE_CLASSES = ("08", "53", "57", "58")
 
 
-def translate(exc: BaseException) -> BaseException:
-    """psycopg's exception as a dbimport type: outage, race, or itself (internal).
+# SQLSTATEs of a refusal: invalid authorization, no such database, insufficient privilege.
+_REFUSAL_CLASSES = ("28",)
+_NO_DATABASE = "3D000"
+_INSUFFICIENT_PRIVILEGE = "42501"
+# What libpq says when the server refuses a connection (no SQLSTATE reaches the client).
+_NO_DATABASE_TEXT = re.compile(r'database "([^"]*)" does not exist')
+_REFUSED_TEXTS = (
+    "password authentication failed",
+    "role \"",
+    "no pg_hba.conf entry",
+    "permission denied for database",
+    "authentication failed",
+    "no password supplied",
+    "is not permitted to log in",
+)
+
+
+def translate(exc: BaseException, dsn: str = "") -> BaseException:
+    """psycopg's exception as a dbimport type: refusal, outage, race, or itself (internal).
 
     An error with no SQLSTATE is the connection failing. Anything else (a
     program limit such as an index row too large, a bug) is internal: it must
     not be retried for ever as if the database were down.
     """
+    if isinstance(exc, psycopg.Error):
+        refused = refusal(exc, dsn)
+        if refused is not None:
+            return refused
     if isinstance(exc, _RACES):
         return WriteRace(f"{type(exc).__name__}: {exc}".strip())
     if isinstance(exc, psycopg.InterfaceError):
@@ -57,6 +87,64 @@ def translate(exc: BaseException) -> BaseException:
         if sqlstate is None or sqlstate.startswith(_OUTAGE_CLASSES):
             return DatabaseUnavailable(f"{type(exc).__name__}: {first_line(exc)}")
     return exc
+
+
+def refusal(exc: psycopg.Error, dsn: str) -> DatabaseRefused | None:
+    """The refusal `exc` reports (wrong user or password, no such database, no access), if any."""
+    text = str(exc)
+    sqlstate = exc.sqlstate or ""
+    missing = _NO_DATABASE_TEXT.search(text)
+    if sqlstate == _NO_DATABASE or missing:
+        name = missing.group(1) if missing else database_name(dsn)
+        return DatabaseRefused(
+            f"PostgreSQL database {name!r} does not exist on {servers(dsn)}: run `dbimport-worker init-db` "
+            "to create it, or fix POSTGRES_DSN",
+            exit_code=ExitCode.CONFIG,
+        )
+    if sqlstate.startswith(_REFUSAL_CLASSES) or sqlstate == _INSUFFICIENT_PRIVILEGE or (
+        not sqlstate and any(marker in text for marker in _REFUSED_TEXTS)
+    ):
+        return DatabaseRefused(
+            f"PostgreSQL refused user {user_name(dsn)!r} on {describe_target(dsn)}: {server_message(exc)} "
+            "(check the user and password in POSTGRES_DSN, the role's privileges, and pg_hba.conf)",
+            exit_code=ExitCode.NOPERM,
+        )
+    return None
+
+
+def server_message(exc: BaseException) -> str:
+    """The server's reason, without libpq's "connection to server at ... failed:" prefix."""
+    line = first_line(exc)
+    for marker in ("FATAL:", "ERROR:"):
+        if marker in line:
+            line = line.rsplit(marker, 1)[1]
+    return " ".join(line.split())
+
+
+def describe_target(dsn: str) -> str:
+    """`database 'NAME' at HOST:PORT[,HOST:PORT...]`, for one-line messages; never the password."""
+    return f"database {database_name(dsn)!r} at {servers(dsn)}"
+
+
+def servers(dsn: str) -> str:
+    """`HOST:PORT[,HOST:PORT...]` of a DSN, one or several hosts."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "the server POSTGRES_DSN names"
+    hosts = str(params.get("host") or "localhost").split(",")
+    ports = str(params.get("port") or "5432").split(",")
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    return ",".join(f"{h}:{p}" for h, p in zip(hosts, ports))
+
+
+def user_name(dsn: str) -> str:
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return ""
+    return str(params.get("user") or os.environ.get("PGUSER") or getpass.getuser())
 
 
 def first_line(exc: BaseException) -> str:
@@ -101,7 +189,12 @@ class Store:
                 autocommit=True,
             )
         except psycopg.Error as exc:
-            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {first_line(exc)}") from None
+            refused = refusal(exc, self._dsn)
+            if refused is not None:
+                raise refused from None
+            raise DatabaseUnavailable(
+                f"cannot connect to PostgreSQL {describe_target(self._dsn)}: {server_message(exc)}"
+            ) from None
         # orjson is several times faster than json for the jsonb columns of every write.
         set_json_dumps(orjson.dumps, context=self._conn)
         set_json_loads(orjson.loads, context=self._conn)
@@ -117,7 +210,7 @@ class Store:
         except DbimportError:
             raise
         except psycopg.Error as exc:
-            translated = translate(exc)
+            translated = translate(exc, self._dsn)
             if translated is exc:
                 raise
             raise translated from exc
@@ -129,8 +222,3 @@ class Store:
             except psycopg.Error:
                 pass
             self._conn = None
-
-    def backend_pid(self) -> int | None:
-        if self._conn is None or self._conn.closed:
-            return None
-        return self._conn.info.backend_pid

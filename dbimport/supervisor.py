@@ -1,6 +1,7 @@
 """`run --workers N`: N worker processes under one parent that restarts the dead."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .cli import EX_CONFIG, EX_OK, EX_UNAVAILABLE
+from .errors import ExitCode
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +20,11 @@ POLL_INTERVAL_S = 0.2
 RESTART_FIRST_DELAY_S = 1.0
 RESTART_MAX_DELAY_S = 30.0
 # A child that exits with one of these stops the whole run: every child would fail alike.
-FATAL_EXIT_CODES = {EX_UNAVAILABLE, EX_CONFIG}
+FATAL_EXIT_CODES = {
+    ExitCode.UNAVAILABLE, ExitCode.CANTCREAT, ExitCode.NOPERM, ExitCode.CONFIG,
+}
 # Exit codes after which a child is not restarted: it finished, or it is fatal.
-FINAL_EXIT_CODES = {EX_OK, *FATAL_EXIT_CODES}
+FINAL_EXIT_CODES = {ExitCode.OK, *FATAL_EXIT_CODES}
 
 
 @dataclass
@@ -34,8 +37,8 @@ class Child:
 class Supervisor:
     """Starts `command` N times, forwards SIGTERM/SIGINT, restarts a child that dies.
 
-    A child that exits 0 (drained, or reached its limits) is done; 69 or 78 stop
-    the whole run with that code. Any other exit (a crash, a kill) is restarted
+    A child that exits 0 (drained, or reached its limits) is done; 69, 73, 77 or
+    78 stop the whole run with that code. Any other exit (a crash, a kill) is restarted
     after a backoff that grows while children keep dying young.
     """
 
@@ -110,19 +113,20 @@ def _describe(code: int) -> str:
     return f"exit code {code}"
 
 
-def child_command(argv: Sequence[str]) -> list[str]:
-    """This process's command line for one child: without --workers and --lock-file
-    (the parent holds the lock for all of them)."""
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg in ("--workers", "--lock-file"):
-            skip = True
-            continue
-        if arg.startswith(("--workers=", "--lock-file=")):
-            continue
-        out.append(arg)
-    return [sys.executable, "-m", "dbimport", *out]
+def child_command(args: argparse.Namespace) -> list[str]:
+    """The command line of one child, rebuilt from the parent's parsed options: `run`
+    with the same limits and configuration, without --workers and --lock-file (the
+    parent holds the lock for all of them)."""
+    command = [sys.executable, "-m", "dbimport"]
+    if args.config is not None:
+        command += ["--config", args.config]
+    command.append("run")
+    if args.until_empty:
+        command.append("--until-empty")
+    if args.max_messages is not None:
+        command += ["--max-messages", str(args.max_messages)]
+    if args.max_runtime is not None:
+        command += ["--max-runtime", repr(args.max_runtime)]
+    if args.metrics_port is not None:
+        command += ["--metrics-port", str(args.metrics_port)]
+    return command

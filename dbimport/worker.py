@@ -9,14 +9,24 @@ from typing import Any
 
 import pluggy
 
-from .broker import Broker, Outgoing, DEAD_REASON_HEADER, DEAD_SOURCE_HEADER
+from .broker import Broker, Outgoing, dead_letter_headers, result_correlation_id
 from .catalog import Catalog, read_catalog
-from .config import Settings, log_safe
-from .errors import BrokerUnavailable, ConfigError, DatabaseUnavailable, Transient
+from .config import Settings
+from .errors import (
+    BrokerRefused,
+    BrokerUnavailable,
+    ConfigError,
+    DatabaseRefused,
+    DatabaseUnavailable,
+    Refused,
+    ServiceUnavailable,
+    Transient,
+)
 from .housekeeping import prune
 from .pipeline import Batch, Outcome, Pipeline, log_error_results
-from .retry import service_retry
 from .plugins import Registry, get_plugin_manager
+from .results import Result
+from .retry import Throttle, gave_up, service_retry
 from .schema import current_version, installed_version
 from .stats import Stats, ThroughputReporter
 from .store import Store
@@ -26,10 +36,8 @@ log = logging.getLogger(__name__)
 HOUSEKEEPING_INTERVAL_S = 600.0
 # While idle, wait this long for a first message before checking stop flags.
 IDLE_WAIT_S = 0.5
-
-
-class ServiceUnavailable(Exception):
-    """A service stayed unreachable past the start deadline (exit 69)."""
+# A refusal that lasts (credentials rotated under a running worker) is logged this often.
+REFUSAL_LOG_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,7 @@ class Worker:
         self.stats = Stats()
         self._clock = clock
         self._stopping = False
+        self._refusal_log = Throttle(REFUSAL_LOG_INTERVAL_S, clock=clock)
 
     def stop(self) -> None:
         """Finish the batch in hand, settle it, and return from `run` (signal-safe)."""
@@ -70,7 +79,7 @@ class Worker:
         started = self._clock()
         deadline = None if limits.max_runtime_s is None else started + limits.max_runtime_s
         connect_deadline = started + self.settings.connect_timeout_s if limits.until_empty else None
-        if not self._connect(connect_deadline):
+        if not self._connect(connect_deadline, at_start=True):
             return self.stats
         reporter = ThroughputReporter(self.stats, interval_s=self.settings.log_interval_s, depth=self._depth)
         next_housekeeping = self._clock()
@@ -88,10 +97,10 @@ class Worker:
                 try:
                     if not self._step(wanted, limits):
                         break
-                except DatabaseUnavailable as exc:
+                except (DatabaseUnavailable, DatabaseRefused) as exc:
                     if not self._outlast_database_outage(exc, limits):
                         break
-                except BrokerUnavailable as exc:
+                except (BrokerUnavailable, BrokerRefused) as exc:
                     if not self._reconnect(exc, limits):
                         break
                 reporter.maybe_report()
@@ -127,26 +136,37 @@ class Worker:
     # --- settling: the only place that publishes results and acks ------------------
 
     def settle(self, outcomes: Sequence[Outcome]) -> None:
-        """Publish results and dead letters durably, then requeue or ack each delivery."""
-        s = self.settings
+        """Publish results and dead letters durably, then requeue or ack each delivery.
+
+        Whatever a message carried, it is answered: a result that cannot be built
+        or encoded becomes that message's 500 and a dead letter, never an error
+        of the whole batch (which would be retried, and fail again, for ever).
+        """
+        outcomes = list(outcomes)
         outgoing: list[Outgoing] = []
-        for outcome in outcomes:
-            result = outcome.result
-            if result is None:
+        owner: list[int] = []  # outgoing[i] belongs to outcomes[owner[i]]
+        for position, outcome in enumerate(outcomes):
+            if outcome.result is None:
                 continue
-            outgoing.append(Outgoing(
-                queue=s.result_queue,
-                body=result.to_json(),
-                correlation_id=outcome.delivery.correlation_id or result.feedback_id or None,
-            ))
-            if outcome.dead_reason is not None:
-                outgoing.append(Outgoing(
-                    queue=s.dead_queue,
-                    body=outcome.delivery.body,
-                    headers={DEAD_REASON_HEADER: outcome.dead_reason[:1000], DEAD_SOURCE_HEADER: s.import_queue},
-                    source=outcome.delivery,
-                ))
-        self.broker.publish(outgoing)
+            try:
+                built = self._messages_for(outcome)
+            except Exception as exc:
+                log.error("building the result of a message failed: %s", exc, exc_info=True)
+                outcome = outcomes[position] = self._unpublishable(outcome, exc)
+                built = self._messages_for(outcome)
+            outgoing.extend(built)
+            owner.extend([position] * len(built))
+        unencodable = self.broker.publish(outgoing)
+        if unencodable:
+            again: list[Outgoing] = []
+            for index, exc in sorted(unencodable.items()):
+                position = owner[index]
+                if outcomes[position].dead_reason is not None and outgoing[index].source is not None:
+                    continue  # its 500 is in the batch; the dead letter alone failed
+                log.error("a result could not be encoded: %s", exc)
+                outcomes[position] = self._unpublishable(outcomes[position], exc)
+                again.extend(self._messages_for(outcomes[position], plain=True))
+            self.broker.publish(again)
         log_error_results(outcomes)
         answered = [o.delivery.tag for o in outcomes if o.result is not None]
         for outcome in outcomes:
@@ -154,6 +174,31 @@ class Worker:
                 self.broker.requeue(outcome.delivery.tag)
         if answered:
             self.broker.ack_through(max(answered))
+
+    def _messages_for(self, outcome: Outcome, *, plain: bool = False) -> list[Outgoing]:
+        """The result of `outcome`, and its dead letter if it has one. `plain`: no
+        property taken from the input (its correlation_id, its headers)."""
+        s = self.settings
+        result = outcome.result
+        assert result is not None
+        correlation_id = None if plain else result_correlation_id(
+            outcome.delivery.correlation_id, result.feedback_id
+        )
+        messages = [Outgoing(queue=s.result_queue, body=result.to_json(), correlation_id=correlation_id)]
+        if outcome.dead_reason is not None:
+            messages.append(Outgoing(
+                queue=s.dead_queue,
+                body=outcome.delivery.body,
+                headers=dead_letter_headers(outcome.dead_reason, s.import_queue),
+                source=None if plain else outcome.delivery,
+            ))
+        return messages
+
+    def _unpublishable(self, outcome: Outcome, exc: BaseException) -> Outcome:
+        """A 500 and a dead letter for a message whose result could not be published."""
+        reason = f"the result could not be published: {type(exc).__name__}: {exc}"
+        feedback_id = outcome.result.feedback_id if outcome.result is not None else ""
+        return Outcome(outcome.delivery, Result.internal(reason, feedback_id=feedback_id), dead_reason=reason)
 
     def _count(self, batch: Batch, seconds: float) -> None:
         st = self.stats
@@ -174,12 +219,18 @@ class Worker:
     def _restart_deadline(self, limits: RunLimits) -> float | None:
         return self._clock() + self.settings.connect_timeout_s if limits.until_empty else None
 
-    def _connect(self, deadline: float | None) -> bool:
-        """Both services, retried with backoff: False if stopped meanwhile,
-        ServiceUnavailable past `deadline` (None: retry for ever)."""
+    def _connect(self, deadline: float | None, *, at_start: bool = False) -> bool:
+        """Both services, retried with backoff: False if stopped meanwhile.
+
+        Past `deadline` (None: retry for ever) the last error is raised: a
+        refusal as itself, an outage as ServiceUnavailable. At start a refusal
+        (credentials, no such database) is raised at once; later it is waited
+        out like an outage, logged as an error at most once a minute.
+        """
         retrying = service_retry(
-            attempt="start", sleep=self._pause, stopping=lambda: self._stopping,
-            deadline=deadline, clock=self._clock,
+            attempt="start" if at_start else "reconnect", sleep=self._pause,
+            stopping=lambda: self._stopping, deadline=deadline, clock=self._clock,
+            retry_refused=not at_start, report=self._report_attempt("start" if at_start else "reconnect"),
         )
         try:
             for attempt in retrying:
@@ -188,17 +239,35 @@ class Worker:
                         self._check_schema()
                         self.broker.connect()
                         self.broker.start_consuming()
-                    except Transient:
+                    except (Transient, Refused):
                         self.broker.close()
                         raise
-        except Transient as exc:
+        except (Transient, Refused) as exc:
             if self._stopping:
                 return False
-            raise ServiceUnavailable(self._safe(exc)) from None
+            if isinstance(exc, Refused):
+                raise
+            raise ServiceUnavailable(gave_up(exc, self.settings.connect_timeout_s)) from None
         tries = retrying.statistics.get("attempt_number", 1)
         if tries > 1:
             log.info("connected after %d attempts", tries)
         return True
+
+    def _report_attempt(self, attempt: str) -> Callable[[int, BaseException, float], None]:
+        def report(number: int, exc: BaseException, delay_s: float) -> None:
+            self._note(exc, f"{attempt} attempt {number}: %s; retrying in {delay_s:.1f} s")
+
+        return report
+
+    def _note(self, exc: BaseException, template: str) -> None:
+        """Log a failure to reach a service: an outage as a warning; a refusal (which
+        only an operator can end) counted, and as an error at most once a minute."""
+        if not isinstance(exc, Refused):
+            log.warning(template, exc)
+            return
+        self.stats.refusals["rabbitmq" if isinstance(exc, BrokerRefused) else "postgresql"] += 1
+        if self._refusal_log.ready():
+            log.error(template + " (a refusal is logged at most once a minute while it lasts)", exc)
 
     def _pause(self, seconds: float) -> None:
         """Sleep without a broker connection, waking for a stop request."""
@@ -217,16 +286,17 @@ class Worker:
             )
         self.catalog.reload()
 
-    def _reconnect(self, exc: BrokerUnavailable, limits: RunLimits) -> bool:
+    def _reconnect(self, exc: BrokerUnavailable | BrokerRefused, limits: RunLimits) -> bool:
         """After RabbitMQ was lost: unacked messages went back with the connection."""
-        log.warning("lost RabbitMQ: %s; reconnecting", self._safe(exc))
+        self._note(exc, "lost RabbitMQ: %s; reconnecting")
         self.broker.close()
         return self._connect(self._restart_deadline(limits))
 
-    def _outlast_database_outage(self, exc: DatabaseUnavailable, limits: RunLimits) -> bool:
-        """PostgreSQL stayed away past IMPORT_DB_RETRY_S: give the messages back so other
-        workers can take them, wait for the database (answering heartbeats), resume."""
-        log.warning("PostgreSQL unavailable: %s; giving unsettled messages back to the queue", self._safe(exc))
+    def _outlast_database_outage(self, exc: DatabaseUnavailable | DatabaseRefused, limits: RunLimits) -> bool:
+        """PostgreSQL stayed away past IMPORT_DB_RETRY_S, or refused us: give the messages
+        back so other workers can take them, wait for the database (answering heartbeats),
+        resume."""
+        self._note(exc, "PostgreSQL unavailable: %s; giving unsettled messages back to the queue")
         try:
             self.broker.give_back()
             self._wait_for_database()
@@ -241,21 +311,22 @@ class Worker:
         """Until PostgreSQL answers (or a stop request), sleeping through heartbeats."""
         retrying = service_retry(
             attempt="PostgreSQL", sleep=self.broker.sleep, stopping=lambda: self._stopping, clock=self._clock,
+            retry_refused=True, report=self._report_attempt("PostgreSQL"),
         )
         try:
             for attempt in retrying:
                 with attempt:
                     with self.store.transaction() as conn:
                         conn.execute("SELECT 1")
-        except DatabaseUnavailable:
+        except (DatabaseUnavailable, DatabaseRefused):
             return  # stopping
         log.info("PostgreSQL is back")
 
     def _housekeeping(self) -> None:
         try:
             prune(self.store, retention_s=self.settings.dedup_retention_s)
-        except DatabaseUnavailable as exc:
-            log.warning("housekeeping skipped: %s", self._safe(exc))
+        except (DatabaseUnavailable, DatabaseRefused) as exc:
+            log.warning("housekeeping skipped: %s", exc)
 
     def _read_catalog(self) -> dict[str, list[tuple[Any, ...]]]:
         with self.store.transaction() as conn:
@@ -274,6 +345,3 @@ class Worker:
             pass
         self.broker.close()
         self.store.close()
-
-    def _safe(self, value: object) -> str:
-        return log_safe(str(value), self.settings)

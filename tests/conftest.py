@@ -131,6 +131,7 @@ class Harness:
         for queue, args in (
             (settings.import_queue, None),
             (settings.result_queue, {"x-message-ttl": settings.result_ttl_ms}),
+            (settings.dead_queue, None),
         ):
             self.channel.queue_declare(queue, durable=True, arguments=args)
 

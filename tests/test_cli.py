@@ -144,7 +144,7 @@ def without_database(queues: dict[str, str], tmp_path: Path, dsn: str) -> Settin
     """Settings with the test's own queue names for a test that needs no seeded database."""
     return Settings(
         postgres_dsn=dsn, rabbitmq_host=RABBITMQ["host"], rabbitmq_port=RABBITMQ["port"],
-        log_path=str(tmp_path / "job_server.log"), **queues,
+        log_path=str(tmp_path / "job_server.log"), connect_timeout_s=1.0, **queues,
     )
 
 
@@ -152,7 +152,7 @@ def test_check_exits_69_when_postgresql_is_unreachable(queues: dict[str, str], t
     env = cli_env(tmp_path, without_database(queues, tmp_path, "postgresql://127.0.0.1:1/dbimport"))
     done = cli("check", env=env)
     assert done.returncode == EX_UNAVAILABLE, (done.stdout, done.stderr)
-    assert "postgresql: unreachable" in done.stdout
+    assert "cannot connect to PostgreSQL" in done.stdout and "gave up after" in done.stdout
 
 
 @pytest.fixture
@@ -200,3 +200,29 @@ def test_matchers_lists_the_eleven_built_in_modes_with_plugin_and_package(tmp_pa
         assert plugin == f"dbimport.matchers.{mode}", (mode, plugin)
         assert (package, package_version) == ("dbimport", version), mode
 
+
+
+# --- the command line is parsed, never edited ---------------------------------------------
+
+
+@pytest.mark.parametrize("abbreviated", [["--work", "2"], ["--lock", "x.lock"], ["--until"], ["--max-m", "3"]])
+def test_an_abbreviated_option_is_refused_not_guessed(tmp_path: Path, abbreviated: list[str]) -> None:
+    """`run --work 2` once spawned workers that spawned workers, and `run --lock F` made the
+    children exit 0 at once: an option must be spelled out."""
+    done = cli("run", *abbreviated, env=cli_env(tmp_path))
+    assert done.returncode == EX_USAGE, done
+    assert f"unrecognized arguments: {abbreviated[0]}" in done.stderr
+
+
+def test_the_children_of_run_workers_get_their_command_line_from_the_parsed_options() -> None:
+    from dbimport.cli import build_parser
+    from dbimport.supervisor import child_command
+
+    args = build_parser().parse_args([
+        "--config", "/etc/dbimport/main.json", "run", "--workers=3", "--lock-file", "/run/w.lock",
+        "--until-empty", "--max-messages", "10", "--max-runtime", "2.5", "--metrics-port", "9100",
+    ])
+    assert child_command(args) == [
+        sys.executable, "-m", "dbimport", "--config", "/etc/dbimport/main.json", "run",
+        "--until-empty", "--max-messages", "10", "--max-runtime", "2.5", "--metrics-port", "9100",
+    ]

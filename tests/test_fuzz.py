@@ -89,9 +89,12 @@ class Body(bytes):
 
 
 def unparseable_code(body: bytes) -> int | None:
-    """The code a body must get before any validation: 413, 400, or None (a JSON object)."""
+    """The code a body must get before any validation: 413, 400, or None (a JSON object).
+
+    A UTF-8 byte order mark before the JSON is allowed."""
     if len(body) > MAX_MESSAGE_BYTES:
         return 413
+    body = body.removeprefix(b"\xef\xbb\xbf")
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:

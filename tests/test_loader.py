@@ -16,10 +16,13 @@ import pytest
 
 from conftest import Harness
 from dbimport.config import CONFIG_PATH_ENV, Settings
+from dbimport.errors import ExitCode
 from dbimport.loader import (
-    EX_CONFIG, EX_OK, EX_ROWS_FAILED, EX_UNAVAILABLE, EX_USAGE, Channel, LineSet, Load, Plan, UsageError,
-    build_parser, count_rows, execute, make_plan, parse_map, summary,
+    Channel, LineSet, Load, Plan, UsageError, build_parser, count_rows, execute, make_plan, parse_map, summary,
 )
+
+EX_OK, EX_ROWS_FAILED, EX_USAGE = ExitCode.OK, ExitCode.PROBLEMS, ExitCode.USAGE
+EX_UNAVAILABLE, EX_CONFIG = ExitCode.UNAVAILABLE, ExitCode.CONFIG
 
 ROOT = Path(__file__).parent.parent
 LOADER = ROOT / "bin" / "dbimport-load"
@@ -420,7 +423,7 @@ def test_cli_wait_end_to_end_exits_1_with_the_summary_and_report(harness: Harnes
     (["people.jsonl", "--db-id", "one"], {}, EX_USAGE, "not an integer"),
     (["people.jsonl", "--map", "data=x"], {}, EX_USAGE, "not a message key"),
     (["people.jsonl"], {"RABBITMQ_PORT": "nope"}, EX_CONFIG, "RABBITMQ_PORT"),
-    (["people.jsonl"], {"RABBITMQ_PORT": "1"}, EX_UNAVAILABLE, "RabbitMQ connect"),
+    (["people.jsonl"], {"RABBITMQ_PORT": "1", "IMPORT_CONNECT_TIMEOUT_S": "1"}, EX_UNAVAILABLE, "RabbitMQ connect"),
 ])
 def test_cli_exit_codes(settings: Settings, tmp_path: Path, args: list[str], extra: dict[str, str],
                         code: int, says: str) -> None:

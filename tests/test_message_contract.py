@@ -45,12 +45,14 @@ class Case:
     feedback_id: str | None = None  # the echoed feedback_id, when the case fixes it
 
     def expected_feedback_id(self) -> str | None:
+        """The feedback_id the result echoes: a string whole, a number as its decimal text."""
         if self.feedback_id is not None:
             return self.feedback_id
-        if isinstance(self.message, dict):
-            value = self.message.get("feedback_id")
-            if isinstance(value, str) and len(value) <= 255:
-                return value
+        if isinstance(self.message, dict) and "feedback_id" in self.message:
+            value = self.message["feedback_id"]
+            if value is None:
+                return ""
+            return value if isinstance(value, str) else orjson.dumps(value).decode()
         return None
 
 
@@ -178,11 +180,12 @@ def without(case_id: str, key: str) -> Case:
 UNPARSEABLE = [
     Case("body-not-json", b"this is not json", 400, "message", feedback_id=""),
     Case("body-not-utf8", b"\xff\xfe", 400, "message", feedback_id=""),
+    Case("body-not-utf8-inside", b'{"account_id": 1, "db_id": 1, "data": {"_fname": "\xff"}}', 400, "message",
+         feedback_id=""),
     Case("body-latin1-json", '{"account_id":1,"db_id":1,"data":{},"email":"é@x.fr"}'.encode("latin-1"),
          400, "message", feedback_id=""),
     Case("body-empty", b"", 400, "message", feedback_id=""),
     Case("body-whitespace", b" \n\t ", 400, "message", feedback_id=""),
-    Case("body-truncated-object", b'{"feedback_id": "cut", "account_id": 1,', 400, "message", feedback_id=""),
     Case("body-json-array", b'[{"account_id": 1, "db_id": 1, "data": {}, "feedback_id": "in-array"}]',
          400, "message", feedback_id=""),
     Case("body-json-string", b'"a string"', 400, "message", feedback_id=""),
@@ -285,7 +288,19 @@ ACCEPTED = [
          404, "db_id"),
 ]
 
-CASES = [*UNPARSEABLE, *MISTYPED, *MISSING, *MALFORMED_EMAILS, *MALFORMED_PROFILE_IDS, *ACCEPTED]
+# Not JSON, but its start holds a top-level feedback_id: that is echoed (as for a 413).
+TRUNCATED = [
+    Case("body-truncated-object", b'{"feedback_id": "cut", "account_id": 1,', 400, "message", feedback_id="cut"),
+    Case("body-truncated-nested-only", b'{"data": {"feedback_id": "inner"}, "account_id": 1,', 400, "message",
+         feedback_id=""),
+]
+WITH_BOM = [
+    Case("body-with-bom", b"\xef\xbb\xbf" + orjson.dumps(msg(email="bom@example.com", feedback_id="bom")), 0,
+         feedback_id="bom"),
+]
+
+CASES = [*UNPARSEABLE, *TRUNCATED, *WITH_BOM, *MISTYPED, *MISSING, *MALFORMED_EMAILS, *MALFORMED_PROFILE_IDS,
+         *ACCEPTED]
 
 
 def follower(case: Case) -> Case:
@@ -309,13 +324,14 @@ def test_each_message_gets_the_contract_answer(answered: Answered, case: Case) -
     assert_answer(answered.by_id[case.id], case)
 
 
-ECHOING = [c for c in CASES if isinstance(c.message, dict) and c.expected_feedback_id() is not None]
+ECHOING = [c for c in CASES if c.expected_feedback_id() is not None]
 
 
 @pytest.mark.parametrize("case", ECHOING, ids=lambda c: c.id)
-def test_a_json_object_gets_its_feedback_id_back_even_when_refused(answered: Answered, case: Case) -> None:
-    """Given a body that parses as a JSON object with a string feedback_id, the
-    result echoes it, whatever else is wrong with the message."""
+def test_a_body_gets_its_feedback_id_back_even_when_refused(answered: Answered, case: Case) -> None:
+    """Given a body whose top level holds a feedback_id, the result echoes it, whatever else
+    is wrong with the message: a string whole (also over 255 characters), a number as its
+    decimal text."""
     assert answered.by_id[case.id]["feedback_id"] == case.expected_feedback_id()
 
 
@@ -324,6 +340,12 @@ def test_an_unparseable_body_is_answered_with_an_empty_feedback_id(answered: Ans
     result = answered.by_id[case.id]
     assert result["feedback_id"] == ""
     assert result["matching_field"] == ""
+
+
+def test_a_body_that_is_not_utf8_is_refused_saying_so_and_where(answered: Answered) -> None:
+    assert answered.by_id["body-not-utf8"]["error_text"].startswith("message is not valid UTF-8: byte 0xff at byte 0")
+    inside = answered.by_id["body-not-utf8-inside"]["error_text"]
+    assert inside.startswith("message is not valid UTF-8: byte 0xff at byte 50"), inside
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -337,6 +359,7 @@ def test_a_bad_message_writes_nothing(answered: Answered) -> None:
     h = answered.harness
     written = {email for (email,) in h.rows("SELECT email FROM profiles")}
     valid = {c.message["email"] for c in CASES if not c.error and isinstance(c.message, dict)}
+    valid |= {orjson.loads(c.message.removeprefix(b"\xef\xbb\xbf"))["email"] for c in WITH_BOM}
     followers = {follower(c).message["email"] for c in CASES}
     assert written == valid | followers
     events = {fid for (fid,) in h.rows("SELECT DISTINCT feedback_id FROM events")}
@@ -417,6 +440,7 @@ def test_a_message_over_the_size_limit_gets_413(harness: Harness) -> None:
     at_limit, over, after = harness.results()
     assert (at_limit["error"], at_limit["feedback_id"]) == (0, "at-limit")
     assert over["error"] == 413, over
+    assert over["feedback_id"] == "over-limit", "found by reading the start of the body"
     assert over["profile_id"] == ""
     assert str(limit) in over["error_text"], over
     assert (after["error"], after["feedback_id"]) == (0, "after")

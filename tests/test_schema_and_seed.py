@@ -155,8 +155,8 @@ def test_a_seed_with_an_error_exits_78_naming_the_spot_and_creates_nothing(
 ) -> None:
     done = init_db(tmp_path, with_database(ADMIN_DSN, new_database), "--seed", str(write_seed(tmp_path, seed)))
     assert done.returncode == EX_CONFIG, (done.stdout, done.stderr)
-    message = [line for line in done.stderr.splitlines() if "configuration error:" in line]
-    assert len(message) == 1 and f"at {spot}:" in message[0], done.stderr
+    message = [line for line in done.stderr.splitlines() if f"seed file at {spot}:" in line]
+    assert len(message) == 1 and "Traceback" not in done.stderr, done.stderr
     assert not database_exists(new_database)
 
 

@@ -40,7 +40,8 @@ from dbimport.broker import Broker
 from dbimport.config import Settings, load_settings
 from dbimport.errors import ConfigError
 from dbimport.store import Store
-from dbimport.worker import RunLimits, ServiceUnavailable, Worker
+from dbimport.errors import ServiceUnavailable
+from dbimport.worker import RunLimits, Worker
 
 RABBITMQCTL_TIMEOUT_S = 60
 SSL_REQUEST = 80877103

@@ -27,24 +27,14 @@ pass only to write the report.
 """
 from __future__ import annotations
 
-from .channel import Channel
-from .cli import (
-    EX_CONFIG,
-    EX_OK,
-    EX_ROWS_FAILED,
-    EX_UNAVAILABLE,
-    EX_USAGE,
-    build_parser,
-    execute,
-    main,
-    make_plan,
-)
+from ..broker.load_channel import Channel
+from .cli import build_parser, execute, main, make_plan
 from .rows import UsageError, count_rows, parse_map
 from .run import Load, Plan, summary
 from .tracking import LineSet
 
 __all__ = [
-    "EX_CONFIG", "EX_OK", "EX_ROWS_FAILED", "EX_UNAVAILABLE", "EX_USAGE", "Channel", "LineSet", "Load",
+    "Channel", "LineSet", "Load",
     "Plan", "UsageError", "build_parser", "count_rows", "execute", "main", "make_plan", "parse_map",
     "summary",
 ]

@@ -7,18 +7,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..checks import writable
 from ..cli import positive_float, positive_int
-from ..config import Settings, load_settings, log_safe
-from ..errors import BrokerUnavailable, ConfigError
+from ..config import Settings, load
+from ..errors import BrokerUnavailable, CannotCreate, ExitCode, Fatal
 
-# Exit codes, as the worker's (sysexits.h where one fits).
-EX_OK = 0  # every row published (and, with --wait, answered with error 0)
-EX_ROWS_FAILED = 1  # some row was rejected, answered with an error, or unanswered
-EX_USAGE = 2  # bad command line, unknown format, a mapped column not in the header
-EX_NOINPUT = 66  # FILE cannot be read
-EX_UNAVAILABLE = 69  # RabbitMQ unreachable, at start or while publishing
-EX_CONFIG = 78  # bad configuration (main.json or environment)
-EX_INTERRUPTED = 130  # Ctrl-C
+# The worker's exit codes (dbimport.errors.ExitCode): 0 every row published (and, with
+# --wait, answered with error 0); 1 some row was rejected, answered with an error, or
+# unanswered; 2 a bad command line or an unreadable FILE; 69 RabbitMQ unreachable;
+# 70 an internal error; 73 the report cannot be written; 77 RabbitMQ refuses the
+# credentials; 78 bad configuration. And the shell's own for Ctrl-C:
+INTERRUPTED = 130
 from .rows import (
     MessageBuilder,
     RowError,
@@ -48,13 +47,14 @@ examples:
   dbimport-load export.jsonl --account-id 1 --db-id 1 --matching custom --wait --report failed.csv
 
 exit codes: 0 every row published (with --wait: and answered with error 0), 1 some row
-failed (rejected, answered with an error, or unanswered), 2 usage, 66 FILE unreadable,
-69 RabbitMQ unreachable, 78 bad configuration, 130 interrupted.
+failed (rejected, answered with an error, or unanswered), 2 usage or FILE unreadable,
+69 RabbitMQ unreachable, 70 internal error, 73 the report cannot be written, 77 RabbitMQ
+refuses the credentials, 78 bad configuration, 130 interrupted (Ctrl-C).
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dbimport-load", description=DESCRIPTION, epilog=EPILOG,
+    p = argparse.ArgumentParser(prog="dbimport-load", description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", metavar="FILE", type=Path, help="the JSONL or CSV file to load")
     p.add_argument("--format", choices=("jsonl", "csv"), help="file format (default: from the extension)")
@@ -149,45 +149,53 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         plan = make_plan(args)
     except UsageError as exc:
         print(f"dbimport-load: {exc}", file=err)
-        return EX_USAGE
+        return ExitCode.USAGE
     except OSError as exc:
         print(f"dbimport-load: cannot read {args.file}: {exc.strerror or exc}", file=err)
-        return EX_NOINPUT
+        return ExitCode.USAGE
     try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"dbimport-load: configuration error: {exc}", file=err)
-        return EX_CONFIG
-    report = args.report or Path(f"{args.file.name}.report.csv")
-    return execute(plan, settings, report, out=out, err=err)
+        loaded = load(args.config)
+        for warning in loaded.warnings:
+            print(f"dbimport-load: warning: {warning}", file=err)
+        report = args.report or Path(f"{args.file.name}.report.csv")
+        unwritable = writable(str(report))
+        if unwritable and not plan.dry_run:
+            raise CannotCreate(f"cannot write the report {str(report)!r}: {unwritable} (choose another --report path)")
+        return execute(plan, loaded.settings, report, out=out, err=err)
+    except Fatal as exc:
+        print(f"dbimport-load: {exc.text}", file=err)
+        return exc.exit_code
+    except Exception as exc:
+        print(f"dbimport-load: internal error: {type(exc).__name__}: {exc}", file=err)
+        return ExitCode.SOFTWARE
 
 
 def execute(plan: Plan, settings: Settings, report: Path, *, out: TextIO, err: TextIO) -> int:
     """Run the load, write the report, print the summary; the exit code."""
-    load = Load(plan, settings, err=err)
-    code, stopped = EX_OK, None
+    load_ = Load(plan, settings, err=err)
+    code, stopped = int(ExitCode.OK), None
     try:
         try:
-            load.run()
+            load_.run()
         except BrokerUnavailable as exc:
-            print(f"dbimport-load: {log_safe(str(exc), settings)}", file=err)
-            if not load.tally.read:
-                return EX_UNAVAILABLE  # unreachable at start: nothing to report
-            code, stopped = EX_UNAVAILABLE, "not collected: the connection to RabbitMQ was lost"
+            print(f"dbimport-load: {exc}", file=err)
+            if not load_.tally.read:
+                return ExitCode.UNAVAILABLE  # unreachable at start: nothing to report
+            code, stopped = ExitCode.UNAVAILABLE, "not collected: the connection to RabbitMQ was lost"
         except KeyboardInterrupt:
             print("dbimport-load: interrupted", file=err)
-            code, stopped = EX_INTERRUPTED, "not collected: interrupted"
-        if code != EX_OK and load.tally.read:
+            code, stopped = INTERRUPTED, "not collected: interrupted"
+        if code != ExitCode.OK and load_.tally.read:
             # What is in the queue is committed; the rest can be sent again from here.
-            print(f"dbimport-load: committed through line {load.tally.committed_through}; resume with "
-                  f"--from-line {load.tally.committed_through + 1}", file=err)
-        rows = load.finish(report, stopped=stopped)
-        for line in summary(plan, load.tally, report, rows):
+            print(f"dbimport-load: committed through line {load_.tally.committed_through}; resume with "
+                  f"--from-line {load_.tally.committed_through + 1}", file=err)
+        rows = load_.finish(report, stopped=stopped)
+        for line in summary(plan, load_.tally, report, rows):
             print(line, file=out)
     finally:
-        load.close()
-    if code == EX_OK and load.tally.failed:
-        code = EX_ROWS_FAILED
+        load_.close()
+    if code == ExitCode.OK and load_.tally.failed:
+        code = ExitCode.PROBLEMS
     return code
 
 

@@ -13,11 +13,18 @@ from typing import Any, TextIO
 import orjson
 from tqdm import tqdm
 
+from ..broker.load_channel import Channel, Outgoing
 from ..config import Settings
-from ..errors import BrokerUnavailable
-
-from .channel import Channel, Outgoing
-from .rows import MessageBuilder, Record, RowError, count_rows, csv_records, jsonl_records
+from ..errors import BrokerUnavailable, CannotCreate
+from ..retry import reach
+from .rows import (
+    MessageBuilder,
+    Record,
+    RowError,
+    count_rows,
+    csv_records,
+    jsonl_records,
+)
 from .tracking import REJECTED, UNANSWERED, UNROUTABLE, Failures, LineSet, Tally
 
 POLL_S = 0.25
@@ -81,7 +88,7 @@ class Load:
         """Connect; with --wait, consume results from the start, so the queue stays short."""
         if self.plan.dry_run:
             return
-        self.channel.open()
+        reach("RabbitMQ", self.channel.open, timeout_s=self.settings.connect_timeout_s)
         if self.plan.wait:
             self.channel.consume_results(self._on_result)
 
@@ -215,7 +222,13 @@ class Load:
 def write_report(path: Path, failures: Failures, columns: list[str], fmt: str) -> int:
     """The failed rows as CSV: line, feedback_id, error, error_text, then the row itself."""
     rows = 0
-    with path.open("w", newline="", encoding="utf-8") as f:
+    try:
+        f = path.open("w", newline="", encoding="utf-8")
+    except OSError as exc:
+        raise CannotCreate(
+            f"cannot write the report {str(path)!r}: {exc.strerror or exc} (choose another --report path)"
+        ) from None
+    with f:
         writer = csv.writer(f)
         writer.writerow(["line", "feedback_id", "error", "error_text", *columns])
         for line, feedback_id, error, error_text, raw in failures.ordered():

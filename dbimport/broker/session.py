@@ -1,46 +1,36 @@
-"""The RabbitMQ boundary: queues, deliveries, durable results and acks; pika stays here."""
+"""The worker's session with RabbitMQ: deliveries in, durable results out, acks."""
 from __future__ import annotations
 
 import collections
 import logging
 import os
-import ssl
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pika
-import pika.channel
-import pika.exceptions
 import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel
 
-from .config import Settings
-from .errors import BrokerUnavailable, ResultUnroutable
+from ..config import Settings
+from ..errors import BrokerUnavailable, ResultUnroutable
+from . import queues
+from .connection import node_name, open_connection, wrapped
+from .properties import copy_properties, result_properties
 
 log = logging.getLogger(__name__)
-
-JSON = "application/json"
-PERSISTENT = pika.DeliveryMode.Persistent
-PRECONDITION_FAILED = 406
-# The broker drops a connection that blocks publishing (memory/disk alarm) for this long.
-BLOCKED_CONNECTION_TIMEOUT_S = 300
-SOCKET_TIMEOUT_S = 10
-DEAD_REASON_HEADER = "x-dbimport-dead-reason"
-DEAD_SOURCE_HEADER = "x-dbimport-source-queue"
 
 
 @dataclass(slots=True)
 class Delivery:
-    """One consumed message; `properties` is opaque to everything but this module."""
+    """One consumed message; `properties` is opaque to everything but the broker layer."""
 
     tag: int
     body: bytes
     redelivered: bool
-    correlation_id: str | None = None
-    message_id: str | None = None
+    correlation_id: str | bytes | None = None
+    message_id: str | bytes | None = None
     timestamp: int | None = None
     properties: Any = None
     # Which connection of this worker it came on (see Broker.holds).
@@ -67,42 +57,10 @@ class Outgoing:
 
     queue: str
     body: bytes
-    correlation_id: str | None = None
+    correlation_id: str | bytes | None = None
+    # A dead letter's headers (a result has none), added to its original's properties.
     headers: dict[str, Any] = field(default_factory=dict)
-    source: Delivery | None = None  # a dead letter keeps its original properties
-
-
-def connection_parameters(settings: Settings) -> pika.ConnectionParameters:
-    ssl_options = None
-    if settings.rabbitmq_tls:
-        context = ssl.create_default_context(cafile=settings.rabbitmq_tls_ca or None)
-        if settings.rabbitmq_tls_cert:
-            context.load_cert_chain(settings.rabbitmq_tls_cert, settings.rabbitmq_tls_key)
-        ssl_options = pika.SSLOptions(context, server_hostname=settings.rabbitmq_host)
-    return pika.ConnectionParameters(
-        host=settings.rabbitmq_host,
-        port=settings.rabbitmq_port,
-        virtual_host=settings.rabbitmq_vhost,
-        credentials=pika.PlainCredentials(settings.rabbitmq_user, settings.rabbitmq_pass),
-        heartbeat=settings.rabbitmq_heartbeat_s,
-        blocked_connection_timeout=BLOCKED_CONNECTION_TIMEOUT_S,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        ssl_options=ssl_options,
-        # Shown by `rabbitmqctl list_connections client_properties` and the management UI.
-        client_properties={
-            "connection_name": f"dbimport-worker pid={os.getpid()} queue={settings.import_queue}"
-        },
-        connection_attempts=1,
-    )
-
-
-@contextmanager
-def _wrapped(action: str) -> Iterator[None]:
-    """pika's and the socket's errors, as BrokerUnavailable."""
-    try:
-        yield
-    except (pika.exceptions.AMQPError, OSError, ssl.SSLError) as exc:
-        raise BrokerUnavailable(f"RabbitMQ {action}: {type(exc).__name__}: {exc}".rstrip(": ")) from None
+    source: Delivery | None = None
 
 
 class Broker:
@@ -118,46 +76,31 @@ class Broker:
         self._consumer_tag: str | None = None
         self._last_tag = 0
         self._connections = 0
+        self._node = -1
+
+    def _wrapped(self, action: str) -> Any:
+        return wrapped(self.settings, action)
 
     # --- lifecycle ---------------------------------------------------------------
 
     def connect(self) -> None:
-        with _wrapped("connect"):
-            self._connection = pika.BlockingConnection(connection_parameters(self.settings))
-            self._connections += 1
+        """Connect to the next node of RABBITMQ_HOST that answers, and declare the queues."""
+        s = self.settings
+        self._connection, self._node = open_connection(
+            s, name=f"dbimport-worker pid={os.getpid()} queue={s.import_queue}", first=self._node + 1
+        )
+        self._connections += 1
+        if len(s.rabbitmq_nodes) > 1 or self._connections > 1:
+            log.info("connected to RabbitMQ node %s", node_name(s, self._node))
+        queues.declare_all(self._connection, s)
+        with self._wrapped("open the result channel"):
             self._publish = self._connection.channel()
-            self.declare_queues()
             self._publish.tx_select()
             self._publish.add_on_return_callback(self._on_return)
 
-    def declare_queues(self) -> None:
-        s = self.settings
-        self._declare(s.import_queue, {})
-        self._declare(s.result_queue, {"x-message-ttl": s.result_ttl_ms})
-        self._declare(s.dead_queue, {})
-
-    def _declare(self, name: str, arguments: dict[str, Any]) -> None:
-        """Declare a durable queue; one that exists with other arguments is used as it is."""
-        assert self._connection is not None and self._publish is not None
-        try:
-            self._publish.queue_declare(name, durable=True, arguments=arguments or None)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code != PRECONDITION_FAILED:
-                raise
-            self._publish = self._connection.channel()
-            self._publish.queue_declare(name, passive=True)
-            wanted = ", ".join(f"{k}={v}" for k, v in arguments.items()) or "no arguments"
-            warning = (
-                f"queue {name!r} exists with other arguments than ours ({wanted}); using it as it is. "
-                f"RabbitMQ says: {exc.reply_text}. To fix it, delete the queue while it is empty so "
-                f"the worker declares it anew, or set the value with a policy "
-                f"(rabbitmqctl set_policy ...) and align the configuration"
-            )
-            log.warning(warning)
-
     def start_consuming(self) -> None:
         assert self._connection is not None
-        with _wrapped("consume"):
+        with self._wrapped("consume"):
             self._consume = self._connection.channel()
             self._consume.basic_qos(prefetch_count=self.settings.prefetch)
             self._consumer_tag = self._consume.basic_consume(self.settings.import_queue, self._on_message)
@@ -167,7 +110,7 @@ class Broker:
         """Stop new deliveries; the buffered ones go back to the queue with the channel."""
         if self._consume is None or not self._consume.is_open or self._consumer_tag is None:
             return
-        with _wrapped("cancel"):
+        with self._wrapped("cancel"):
             self._consume.basic_cancel(self._consumer_tag)
         self._consumer_tag = None
 
@@ -177,7 +120,7 @@ class Broker:
         self.stop_consuming()
         self._buffer.clear()
         if self._consume is not None and self._last_tag:
-            with _wrapped("nack"):
+            with self._wrapped("nack"):
                 self._consume.basic_nack(delivery_tag=self._last_tag, multiple=True, requeue=True)
 
     def close(self) -> None:
@@ -186,7 +129,7 @@ class Broker:
         if self._connection is not None and self._connection.is_open:
             try:
                 self._connection.close()
-            except (pika.exceptions.AMQPError, OSError):
+            except Exception:  # closing a broken connection: nothing left to save
                 pass
         self._connection = self._consume = self._publish = None
 
@@ -209,7 +152,7 @@ class Broker:
         """Up to `max_count` deliveries and `max_bytes` of bodies (at least one): wait
         up to `first_wait_s` for the first, then up to `batch_wait_s` for the rest."""
         assert self._connection is not None
-        with _wrapped("receive"):
+        with self._wrapped("receive"):
             if self._consume is not None and self._consumer_tag is None and self._consume.is_open:
                 raise BrokerUnavailable("consumer was cancelled by the broker")
             if not self._buffer:
@@ -240,16 +183,14 @@ class Broker:
             return False
         try:
             self._connection.process_data_events(time_limit=0)
-        except (pika.exceptions.AMQPError, OSError):
+        except Exception:  # a connection that cannot be read holds nothing
             return False
         return self._connection.is_open and self._consume is not None and self._consume.is_open
 
     def queue_depth(self, queue: str | None = None) -> int:
         """Ready messages in `queue` (the input queue by default)."""
         assert self._publish is not None
-        with _wrapped("queue_declare"):
-            frame = self._publish.queue_declare(queue or self.settings.import_queue, passive=True)
-            return int(frame.method.message_count)
+        return queues.depth(self._publish, self.settings, queue or self.settings.import_queue)
 
     @property
     def buffered(self) -> int:
@@ -257,25 +198,37 @@ class Broker:
 
     # --- settling --------------------------------------------------------------------
 
-    def publish(self, messages: Sequence[Outgoing]) -> None:
-        """Publish durably in one AMQP transaction; ResultUnroutable if any came back."""
+    def publish(self, messages: Sequence[Outgoing]) -> dict[int, Exception]:
+        """Publish durably in one AMQP transaction; ResultUnroutable if any came back.
+
+        A message that cannot be encoded is left out and returned as
+        {index: error}: pika encodes a message's frames before it writes any, so
+        nothing of it was sent, and the others are published all the same.
+        """
         if not messages:
-            return
+            return {}
         assert self._connection is not None and self._publish is not None
-        with _wrapped("publish"):
+        unencodable: dict[int, Exception] = {}
+        with self._wrapped("publish"):
             self._returned.clear()
             # BlockingChannel.basic_publish writes to the socket after every message;
             # the channel implementation's only queues the frames, and tx_commit
             # writes them all at once: a third of the cost of a result.
             publish = self._publish._impl.basic_publish
-            for message in messages:
-                publish(
-                    exchange="",
-                    routing_key=message.queue,
-                    body=message.body,
-                    properties=self._properties(message),
-                    mandatory=True,
-                )
+            frame_max = self._connection._impl.params.frame_max
+            for index, message in enumerate(messages):
+                try:
+                    publish(
+                        exchange="",
+                        routing_key=message.queue,
+                        body=message.body,
+                        properties=self._properties(message, frame_max),
+                        mandatory=True,
+                    )
+                except Exception as exc:
+                    if not self._connection.is_open or not self._publish.is_open:
+                        raise
+                    unencodable[index] = exc
             self._publish.tx_commit()
             # A basic.return precedes tx.commit-ok; dispatch it now.
             self._connection.process_data_events(time_limit=0)
@@ -284,29 +237,14 @@ class Broker:
                 f"{len(self._returned)} message(s) were returned as unroutable "
                 f"(does queue {messages[0].queue!r} exist?)"
             )
+        return unencodable
 
-    def _properties(self, message: Outgoing) -> pika.BasicProperties:
-        if message.source is not None and message.source.properties is not None:
-            original: pika.BasicProperties = message.source.properties
-            headers = dict(original.headers or {})
-            headers.update(message.headers)
-            return pika.BasicProperties(
-                content_type=original.content_type,
-                content_encoding=original.content_encoding,
-                headers=headers,
-                delivery_mode=PERSISTENT,
-                correlation_id=original.correlation_id,
-                message_id=original.message_id,
-                timestamp=original.timestamp,
-                type=original.type,
-                app_id=original.app_id,
-            )
-        return pika.BasicProperties(
-            content_type=JSON,
-            delivery_mode=PERSISTENT,
-            correlation_id=message.correlation_id,
-            headers=message.headers or None,
-        )
+    @staticmethod
+    def _properties(message: Outgoing, frame_max: int) -> pika.BasicProperties:
+        if message.headers:
+            original = message.source.properties if message.source is not None else None
+            return copy_properties(original, message.headers, body_size=len(message.body), frame_max=frame_max)
+        return result_properties(message.correlation_id)
 
     def _on_return(self, _ch: Any, _method: Any, _props: Any, body: bytes) -> None:
         self._returned.append(body)
@@ -314,12 +252,12 @@ class Broker:
     def ack_through(self, tag: int) -> None:
         """Ack every unsettled delivery up to and including `tag`."""
         assert self._consume is not None
-        with _wrapped("ack"):
+        with self._wrapped("ack"):
             self._consume.basic_ack(delivery_tag=tag, multiple=True)
 
     def requeue(self, tag: int) -> None:
         assert self._consume is not None
-        with _wrapped("nack"):
+        with self._wrapped("nack"):
             self._consume.basic_nack(delivery_tag=tag, multiple=False, requeue=True)
 
     # --- waiting -----------------------------------------------------------------
@@ -329,38 +267,5 @@ class Broker:
         if self._connection is None or not self._connection.is_open:
             time.sleep(seconds)
             return
-        with _wrapped("heartbeat"):
+        with self._wrapped("heartbeat"):
             self._connection.sleep(seconds)
-
-
-def move_dead_letters(
-    settings: Settings, *, before_publish: Callable[[Delivery], None], max_messages: int | None = None
-) -> int:
-    """Move dead letters back to the import queue, one at a time, with publisher
-    confirms: each is acked off the dead queue only once the import queue has it.
-
-    `before_publish` runs first (it resets the message's failure count).
-    Returns how many were moved.
-    """
-    moved = 0
-    with _wrapped("replay"):
-        connection = pika.BlockingConnection(connection_parameters(settings))
-        try:
-            channel = connection.channel()
-            channel.confirm_delivery()
-            while max_messages is None or moved < max_messages:
-                method, properties, body = channel.basic_get(settings.dead_queue, auto_ack=False)
-                if method is None:
-                    break
-                delivery = Delivery.of(method, properties, body)
-                before_publish(delivery)
-                headers = {k: v for k, v in (properties.headers or {}).items()
-                           if k not in (DEAD_REASON_HEADER, DEAD_SOURCE_HEADER)}
-                properties.headers = headers or None
-                channel.basic_publish("", settings.import_queue, body, properties, mandatory=True)
-                channel.basic_ack(method.delivery_tag)
-                moved += 1
-        finally:
-            if connection.is_open:
-                connection.close()
-    return moved

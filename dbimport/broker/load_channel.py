@@ -1,4 +1,4 @@
-"""The loader's RabbitMQ boundary: transactional publishing and collecting results."""
+"""The loader's RabbitMQ channel: transactional publishing and collecting results."""
 from __future__ import annotations
 
 import time
@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pika
-import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from ..broker import JSON, PERSISTENT, PRECONDITION_FAILED, connection_parameters
 from ..config import Settings
-from ..errors import BrokerUnavailable
+from . import queues
+from .connection import open_connection, wrapped
+from .properties import JSON, PERSISTENT
 
 # Results held unacked at once; others' results count too (see Channel.hold).
 RESULT_PREFETCH = 2000
@@ -43,30 +43,13 @@ class Channel:
         self._held_since = 0.0
 
     def open(self) -> None:
-        params = connection_parameters(self.settings)
-        params.client_properties = {"connection_name": f"dbimport-load {self.run_id}"}
-        try:
-            self._connection = pika.BlockingConnection(params)
-            self._declare(self.settings.import_queue, {})
+        self._connection, _ = open_connection(self.settings, name=f"dbimport-load {self.run_id}")
+        input_queue, result_queue, _dead = queues.specs(self.settings)
+        queues.declare(self._connection, self.settings, input_queue, warn=self.warn)
+        with wrapped(self.settings, "open the publishing channel"):
             self._tx = self._connection.channel()
             self._tx.tx_select()
             self._tx.add_on_return_callback(self._on_return)
-        except (pika.exceptions.AMQPError, OSError) as exc:
-            raise _unavailable("connect", exc) from None
-
-    def _declare(self, name: str, arguments: dict[str, Any]) -> None:
-        """Declare `name` as the worker does; one with other arguments is used as it is."""
-        assert self._connection is not None
-        channel = self._connection.channel()
-        try:
-            channel.queue_declare(name, durable=True, arguments=arguments or None)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code != PRECONDITION_FAILED:
-                raise
-            channel = self._connection.channel()
-            channel.queue_declare(name, passive=True)
-            self.warn(f"queue {name!r} exists with other arguments; using it as it is ({exc.reply_text})")
-        channel.close()
 
     def correlation_id(self, line: int) -> str:
         return f"{self.run_id}:{line}"
@@ -82,7 +65,7 @@ class Channel:
         """Publish `batch` in one transaction; returns the lines the broker returned."""
         assert self._connection is not None and self._tx is not None
         self._returned.clear()
-        try:
+        with wrapped(self.settings, "publish"):
             for item in batch:
                 cid = self.correlation_id(item.line)
                 self._tx.basic_publish("", self.settings.import_queue, item.body, pika.BasicProperties(
@@ -92,8 +75,6 @@ class Channel:
             self._tx.tx_commit()
             # Returns come before tx.commit-ok; this also hands results to the consumer.
             self._connection.process_data_events(time_limit=0)
-        except (pika.exceptions.AMQPError, OSError) as exc:
-            raise _unavailable("publish", exc) from None
         self.release_held()
         return list(self._returned)
 
@@ -115,13 +96,11 @@ class Channel:
             on_result(line, body)
             ch.basic_ack(method.delivery_tag)
 
-        try:
-            self._declare(s.result_queue, {"x-message-ttl": s.result_ttl_ms})
+        queues.declare(self._connection, s, queues.specs(s)[1], warn=self.warn)
+        with wrapped(s, "consume results"):
             self._results = self._connection.channel()
             self._results.basic_qos(prefetch_count=RESULT_PREFETCH)
             self._results.basic_consume(s.result_queue, deliver)
-        except (pika.exceptions.AMQPError, OSError) as exc:
-            raise _unavailable("consume results", exc) from None
 
     def hold(self, tag: int) -> None:
         """Keep another publisher's result unacked for a moment, then requeue it.
@@ -144,11 +123,9 @@ class Channel:
 
     def poll(self, seconds: float) -> None:
         assert self._connection is not None
-        try:
+        with wrapped(self.settings, "receive results"):
             self._connection.process_data_events(time_limit=seconds)
             self.release_held()
-        except (pika.exceptions.AMQPError, OSError) as exc:
-            raise _unavailable("receive results", exc) from None
 
     def close(self) -> None:
         if self._connection is None or not self._connection.is_open:
@@ -156,9 +133,6 @@ class Channel:
         try:
             self.release_held(now=True)
             self._connection.close()
-        except (pika.exceptions.AMQPError, OSError):
-            pass  # closing requeues whatever is unacked anyway
+        except Exception:  # closing requeues whatever is unacked anyway
+            pass
 
-
-def _unavailable(action: str, exc: BaseException) -> BrokerUnavailable:
-    return BrokerUnavailable(f"RabbitMQ {action}: {type(exc).__name__}: {exc}".rstrip(": "))
