@@ -22,9 +22,9 @@ batch (IMPORT_BATCH_MAX_BYTES, or IMPORT_BATCH_SIZE messages if less), and f
 what one of these messages takes once parsed, per byte, measured here with
 tracemalloc as the documentation measured its worst shapes (26). Under it, the
 worker's memory is bounded by IMPORT_BATCH_MAX_BYTES whatever the prefetch;
-over it, more than a batch of bodies is held: the AMQP client's prefetch buffer,
-which the documented bound counts separately (IMPORT_PREFETCH x the message
-size). Both are printed.
+over it, more than a batch of bodies is held, most likely in the AMQP client's
+prefetch buffer, which the documented bound counts separately (IMPORT_PREFETCH x
+the message size): run it at a few --prefetch values to see. Both are printed.
 
     .venv/bin/python bench/bigmessages.py
     .venv/bin/python bench/bigmessages.py --messages 200 --size 500000 --prefetch 100
