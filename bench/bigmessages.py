@@ -48,12 +48,26 @@ from typing import Any
 import orjson
 import pika
 import psycopg
+from throughput import (
+    Drain,
+    Services,
+    Target,
+    add_service_options,
+    cpu_line,
+    crossing,
+    declare_queues,
+    delete_queues,
+    drain_report,
+    drain_worker,
+    drop_database,
+    init_database,
+    load_line,
+    positive,
+    queue_depth,
+    say,
+)
 
 from dbimport.config import Settings
-from throughput import (
-    Drain, Services, Target, add_service_options, cpu_line, crossing, declare_queues, delete_queues,
-    drain_report, drain_worker, drop_database, init_database, load_line, positive, queue_depth, say,
-)
 
 DEFAULT_MESSAGES = 1000
 DEFAULT_SIZE = 900 * 1024

@@ -25,7 +25,6 @@ import uuid
 from pathlib import Path
 
 import pika
-
 from throughput import vm_hwm_kb
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,10 +22,23 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
 from throughput import (
-    DEFAULT_SEED, Model, Services, Target, add_modes_option, add_service_options, clone_database,
-    delete_queues, drain_worker, drop_database, fill, init_database, load_line, positive, say, verify,
+    DEFAULT_SEED,
+    Model,
+    Services,
+    Target,
+    add_modes_option,
+    add_service_options,
+    clone_database,
+    delete_queues,
+    drain_worker,
+    drop_database,
+    fill,
+    init_database,
+    load_line,
+    positive,
+    say,
+    verify,
 )
 
 DEFAULT_MESSAGES = 20_000

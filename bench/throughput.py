@@ -29,6 +29,7 @@ import compileall
 import configparser
 import hashlib
 import io
+import itertools
 import os
 import random
 import re
@@ -51,7 +52,8 @@ import psycopg
 import psycopg.conninfo
 from psycopg import sql
 
-from dbimport.config import Settings, keys as config_keys
+from dbimport.config import Settings
+from dbimport.config import keys as config_keys
 from dbimport.store import with_database
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -730,7 +732,7 @@ class Drain:
         start = self.first_result_s
         bounds = [start] + [crossing(self.samples, self.messages * k / slices) for k in range(1, slices + 1)]
         size = self.messages / slices
-        return [size / (b - a) if b > a else float("inf") for a, b in zip(bounds, bounds[1:])]
+        return [size / (b - a) if b > a else float("inf") for a, b in itertools.pairwise(bounds)]
 
 
 def crossing(samples: Sequence[tuple[float, int]], level: float) -> float:

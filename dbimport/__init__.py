@@ -1,7 +1,4 @@
-"""dbimport: import customer profiles into PostgreSQL from a RabbitMQ queue."""
-from __future__ import annotations
+"""dbimport: import customer profiles into PostgreSQL from a RabbitMQ queue.
 
-from .hookspecs import hookimpl
-from .matcher import Found, Key, Matcher, Query
-
-__all__ = ["Found", "Key", "Matcher", "Query", "hookimpl"]
+Plugins import `dbimport.api`, the public API; every other module is internal.
+"""

@@ -7,21 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import Forbidden, NotFound
+from .fields import FieldDecl, Limits
 
 # A catalog miss (an id or field we do not know) reloads at most this often, so a
 # stream of messages naming unknown databases cannot hammer PostgreSQL.
 RELOAD_MIN_INTERVAL_S = 1.0
 # Even without misses, declarations changed by `init-db --seed` are seen this fast.
 RELOAD_MAX_AGE_S = 60.0
-
-
-@dataclass(frozen=True)
-class FieldDecl:
-    """A declared custom field: its name, type, and (for `list`) its options."""
-
-    name: str
-    type: str
-    options: tuple[str, ...] = ()
+DEFAULT_LIMITS = Limits()
 
 
 @dataclass(frozen=True)
@@ -44,6 +37,8 @@ class Database:
     name: str
     fields: Mapping[str, FieldDecl] = field(default_factory=dict)
     resources: Mapping[int, Resource] = field(default_factory=dict)
+    # The limits a value written to (or matched on) its fields is held to.
+    limits: Limits = field(default_factory=Limits)
 
     def resource(self, resource_id: int, *, field_name: str = "resource_id") -> Resource:
         """The linked resource; 403 if it is not the account's or not linked here."""
@@ -80,14 +75,15 @@ class Catalog:
 
     def __init__(
         self, *, loader: Callable[[], Mapping[str, list[tuple[Any, ...]]]],
-        clock: Callable[[], float] = time.monotonic,
+        limits: Limits = DEFAULT_LIMITS, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._loader = loader
+        self._limits = limits
         self._clock = clock
         self._snapshot = Snapshot(databases={}, loaded_at=float("-inf"))
 
     def reload(self) -> None:
-        self._snapshot = Snapshot(databases=build_databases(self._loader()), loaded_at=self._clock())
+        self._snapshot = Snapshot(databases=build_databases(self._loader(), self._limits), loaded_at=self._clock())
 
     def refresh_if_stale(self) -> None:
         if self._clock() - self._snapshot.loaded_at >= RELOAD_MAX_AGE_S:
@@ -119,7 +115,9 @@ class Catalog:
         return self._snapshot.databases.get(db.db_id)
 
 
-def build_databases(rows: Mapping[str, list[tuple[Any, ...]]]) -> dict[int, Database]:
+def build_databases(
+    rows: Mapping[str, list[tuple[Any, ...]]], limits: Limits = DEFAULT_LIMITS
+) -> dict[int, Database]:
     """Assemble `Database` objects from the catalog tables' rows."""
     resource_fields: dict[tuple[int, int], dict[str, FieldDecl]] = {}
     for account_id, resource_id, name, type_, options in rows["resource_fields"]:
@@ -155,6 +153,7 @@ def build_databases(rows: Mapping[str, list[tuple[Any, ...]]]) -> dict[int, Data
             name=name,
             fields=db_fields.get(db_id, {}),
             resources=linked,
+            limits=limits,
         )
     return databases
 

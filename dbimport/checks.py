@@ -10,8 +10,8 @@ from .broker import problems as queue_problems
 from .config import Settings
 from .errors import ExitCode, Refused, ServiceUnavailable
 from .metrics import port_free
+from .migrations import current_version, installed_version, missing_unique_keys
 from .retry import reach
-from .schema import current_version, installed_version, missing_unique_keys
 from .store import Store
 
 

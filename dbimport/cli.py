@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", metavar="PATH", help="main.json to read (default: $DBIMPORT_CONFIG, else ./main.json)")
+    parser.add_argument("--config", metavar="PATH",
+                        help="main.json to read (default: $DBIMPORT_CONFIG, else ./main.json)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = commands.add_parser(
@@ -227,8 +228,8 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
 
 def cmd_init_db(args: argparse.Namespace, settings: Settings, out: TextIO, warnings: Sequence[str]) -> int:
     from .broker import declare_all, open_connection
+    from .migrations import create_database, migrate
     from .retry import reach
-    from .schema import create_database, migrate
     from .seed import load_seed, read_seed
     from .store import Store
 
@@ -278,7 +279,7 @@ def cmd_matchers(args: argparse.Namespace, settings: Settings, out: TextIO, warn
     registry = build_registry()
     rows = [(r.matcher.name, r.plugin, f"{r.package} {r.version}", r.matcher.description)
             for r in registry.registrations()]
-    widths = [max(len(row[i]) for row in rows + [("MODE", "PLUGIN", "PACKAGE", "")]) for i in range(3)]
+    widths = [max(len(row[i]) for row in [*rows, ("MODE", "PLUGIN", "PACKAGE", "")]) for i in range(3)]
     print(f"{'MODE':<{widths[0]}}  {'PLUGIN':<{widths[1]}}  {'PACKAGE':<{widths[2]}}  DESCRIPTION", file=out)
     for mode, plugin, package, description in rows:
         print(f"{mode:<{widths[0]}}  {plugin:<{widths[1]}}  {package:<{widths[2]}}  {description}", file=out)

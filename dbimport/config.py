@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from .errors import ConfigError
+from .fields import Limits
 
 DEFAULT_CONFIG_PATH = "main.json"
 CONFIG_PATH_ENV = "DBIMPORT_CONFIG"
@@ -120,7 +121,7 @@ def parse_nodes(text: str, default_port: int) -> tuple[tuple[str, int], ...]:
 
 
 def _hosts(key: str, value: Any) -> str:
-    text = _text()(key, value)
+    text: str = _text()(key, value)
     try:
         parse_nodes(text, 5672)
     except ValueError as exc:
@@ -129,7 +130,7 @@ def _hosts(key: str, value: Any) -> str:
 
 
 def _dsn(key: str, value: Any) -> str:
-    text = _text()(key, value)
+    text: str = _text()(key, value)
     import psycopg.conninfo
 
     try:
@@ -204,6 +205,11 @@ class Settings:
     @property
     def result_ttl_ms(self) -> int:
         return self.result_ttl_s * 1000
+
+    @property
+    def value_limits(self) -> Limits:
+        """The limits every string and list of a message's data is held to."""
+        return Limits(max_string_chars=self.max_string_chars, max_list_items=self.max_list_items)
 
     @property
     def rabbitmq_nodes(self) -> tuple[tuple[str, int], ...]:
@@ -325,7 +331,8 @@ def one_edit_apart(a: str, b: str) -> bool:
         diffs = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
         if len(diffs) == 1:
             return True
-        return len(diffs) == 2 and diffs[1] == diffs[0] + 1 and a[diffs[0]] == b[diffs[1]] and a[diffs[1]] == b[diffs[0]]
+        i, j = diffs[0], diffs[-1]
+        return len(diffs) == 2 and j == i + 1 and a[i] == b[j] and a[j] == b[i]
     short, long = (a, b) if len(a) < len(b) else (b, a)
     i = 0
     while i < len(short) and short[i] == long[i]:

@@ -9,8 +9,6 @@ PROFILE_UPDATED = "profile_updated"
 SUBSCRIBED = "subscribed"
 SUBSCRIPTION_STATUS_CHANGED = "subscription_status_changed"
 
-KINDS = (PROFILE_CREATED, PROFILE_UPDATED, SUBSCRIBED, SUBSCRIPTION_STATUS_CHANGED)
-
 
 @dataclass(frozen=True)
 class TriggerEvent:

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import normalize
-from .catalog import FieldDecl
 from .errors import BadInput
 
 # A checker takes the raw JSON value and returns the canonical one, or raises
 # ValueError with a reason; the caller turns that into a 400 naming the field.
-Checker = Callable[[Any, "Limits", FieldDecl], Any]
+Checker = Callable[[Any, "Limits", "FieldDecl"], Any]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _TAG_SEPARATORS = re.compile(r"[,|;]")
@@ -25,6 +24,15 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DATETIME = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})"
 )
+
+
+@dataclass(frozen=True)
+class FieldDecl:
+    """A declared custom field: its name, type, and (for `list`) its options."""
+
+    name: str
+    type: str
+    options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,10 +73,10 @@ def _float(value: Any, limits: Limits, decl: FieldDecl) -> float:
         raise ValueError("must be a number")
     if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
         raise ValueError("is out of range")
-    value = float(value)
-    if not math.isfinite(value):
+    number = float(value)
+    if not math.isfinite(number):
         raise ValueError("must be a finite number")
-    return value
+    return number
 
 
 def _bool(value: Any, limits: Limits, decl: FieldDecl) -> bool:

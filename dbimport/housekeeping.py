@@ -26,7 +26,7 @@ def prune(store: Store, *, retention_s: int) -> dict[str, int]:
     far longer than any outage (the default is a week). Claim rows are only
     locks: a deleted one is recreated by the next claim.
     """
-    deleted = {table: 0 for table in PRUNED_TABLES}
+    deleted = dict.fromkeys(PRUNED_TABLES, 0)
     with store.transaction() as conn:
         got = conn.execute("SELECT pg_try_advisory_lock(%s)", (PRUNE_LOCK_ID,)).fetchone()
     if not got or not got[0]:

@@ -33,7 +33,7 @@ class Lookup:
     def _aligned(self, count: int, query: str, params: Sequence[Any]) -> list[set[str]]:
         found: list[set[str]] = [set() for _ in range(count)]
         if count:
-            for ordinal, profile_id in self.connection.execute(query.encode(), params):  # type: ignore[arg-type]
+            for ordinal, profile_id in self.connection.execute(query.encode(), params):
                 found[ordinal - 1].add(profile_id)
         return found
 

@@ -60,9 +60,11 @@ class Matcher(abc.ABC):
     """A matching mode. Subclass it, and return an instance from
     `dbimport_register_matchers`.
 
-    Write the single-message `find`; the core calls it inside the batch's
-    transaction, after claiming the query's keys, and retries on its own.
-    Override `find_many` only to look many queries up in one round trip.
+    Write `prepare`, and either the single-message `find` or the batch form
+    `find_many` (one round trip for many queries; the core only calls
+    `find_many`, whose default calls `find` for each query). The core calls it
+    inside the batch's transaction, after claiming the query's keys, and
+    retries on its own.
     """
 
     #: the value of the message's `matching` key that selects this mode
@@ -84,12 +86,12 @@ class Matcher(abc.ABC):
         (403) for a resource the database may not use.
         """
 
-    @abc.abstractmethod
     def find(self, lookup: Lookup, query: Query) -> Found:
         """The profiles of `lookup.db_id` that `query` matches."""
+        return self.find_many(lookup, [query])[0]
 
     def find_many(self, lookup: Lookup, queries: Sequence[Query]) -> list[Found]:
-        """`find` for each query; override to batch the look-ups."""
+        """`find` for each query, in order; override to look them up together."""
         return [self.find(lookup, query) for query in queries]
 
     def new_profile(self, query: Query) -> ProfileWrite:

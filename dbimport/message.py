@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import importlib.resources
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import fastjsonschema
 import jsonschema
@@ -219,9 +219,9 @@ def error_text(error: jsonschema.exceptions.ValidationError) -> str:
     ):
         names = [" and ".join(a["required"]) for a in alternatives]
         return f"{' or '.join(_join(path, n) for n in names)} is required"
+    value: Any = error.validator_value
     if keyword == "type":
-        expected = error.validator_value
-        names = [expected] if isinstance(expected, str) else list(expected)
+        names = [value] if isinstance(value, str) else list(value)
         return f"{subject} must be " + " or ".join(_JSON_TYPES.get(n, n) for n in names)
     if keyword == "minimum":
         return f"{subject} must be at least {error.validator_value}"
@@ -234,7 +234,7 @@ def error_text(error: jsonschema.exceptions.ValidationError) -> str:
             f"{subject} must be at least {error.validator_value} characters long"
         )
     if keyword == "enum":
-        return f"{subject} must be one of " + ", ".join(map(str, error.validator_value))
+        return f"{subject} must be one of " + ", ".join(map(str, value))
     if keyword == "pattern":
         return f"{subject} has the wrong format"
     return f"{subject} is invalid ({keyword})"

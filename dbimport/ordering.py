@@ -12,14 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from .lookup import canonical
 from .matcher import Found, Key, Query
 from .profile_data import ProfileWrite, SubscriptionWrite
-
-if TYPE_CHECKING:
-    from .writer import Job
 
 # Kinds whose values several profiles may share; every other kind is unique
 # (a profile e-mail, a subscription's address).
@@ -93,20 +90,36 @@ def subscription_key(sub: SubscriptionWrite) -> Key:
     return Key(_SUBSCRIPTION_KINDS.get(sub.channel, f"subscription:{sub.channel}"), sub.address)
 
 
+class Ordered(Protocol):
+    """What ordering needs of a message: its place, what it does, whether it may create."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def effects(self) -> Effects: ...
+
+    @property
+    def may_create(self) -> bool: ...
+
+
+J = TypeVar("J", bound=Ordered)
+
+
 def _unique(keys: Iterable[Key]) -> set[Key]:
     return {key for key in keys if not key.kind.startswith(SHARED_KINDS)}
 
 
 @dataclass
-class Segment:
+class Segment(Generic[J]):
     """Messages applied together, with an index of what they write and change."""
 
-    jobs: list[Job] = field(default_factory=list)
+    jobs: list[J] = field(default_factory=list)
     _writes: set[Key] = field(default_factory=set)
     _unique_writes: set[Key] = field(default_factory=set)
     _changed: dict[str, set[str]] = field(default_factory=dict)
 
-    def conflicts(self, job: Job, found: Found) -> bool:
+    def conflicts(self, job: J, found: Found) -> bool:
         """Whether `job`'s look-up or write could be affected by this segment's writes."""
         e = job.effects
         if not e.reads.isdisjoint(self._writes) or not e.writes.isdisjoint(self._unique_writes):
@@ -115,7 +128,7 @@ class Segment:
             not found.profile_ids.isdisjoint(self._changed.get(key.kind, ())) for key in e.reads
         )
 
-    def add(self, job: Job, found: Found) -> None:
+    def add(self, job: J, found: Found) -> None:
         e = job.effects
         self.jobs.append(job)
         writes = set(e.writes)
@@ -128,9 +141,9 @@ class Segment:
                 self._changed.setdefault(kind, set()).update(found.profile_ids)
 
 
-def next_segment(pending: Sequence[Job], found: dict[int, Found]) -> Segment:
+def next_segment(pending: Sequence[J], found: dict[int, Found]) -> Segment[J]:
     """The longest prefix of `pending` that can be applied together."""
-    segment = Segment()
+    segment: Segment[J] = Segment()
     for job in pending:
         if segment.jobs and segment.conflicts(job, found[job.index]):
             break

@@ -20,7 +20,7 @@ from .config import Settings
 from .errors import BadInput, Refused, Transient, WriteRace
 from .events import TriggerEvent
 from .feedback import feedback_id_in_prefix, feedback_id_of
-from .fields import Limits
+from .jobs import Job
 from .matcher import Matcher, Query
 from .message import Envelope, MessageValidator, check_limits, parse
 from .message_log import record
@@ -29,7 +29,7 @@ from .profile_data import ProfileWrite, check_data
 from .results import Result
 from .retry import database_retry
 from .store import Store
-from .writer import BatchOutcome, Job, apply_batch
+from .writer import BatchOutcome, apply_batch
 
 log = logging.getLogger(__name__)
 results_log = logging.getLogger("dbimport.results")
@@ -105,9 +105,7 @@ class Pipeline:
         self.hooks = plugin_manager.hook
         self.holds = holds
         self.validator = MessageValidator({mode: m.schema for mode, m in registry.items()})
-        self.limits = Limits(
-            max_string_chars=settings.max_string_chars, max_list_items=settings.max_list_items
-        )
+        self.limits = settings.value_limits
 
     # --- the batch -------------------------------------------------------------------
 

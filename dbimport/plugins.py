@@ -71,7 +71,6 @@ class Registry(Mapping[str, Matcher]):
     """`{mode: matcher}`, built once from every plugin's registration hook."""
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
-        self.plugin_manager = pm
         distributions = _distributions(pm)
         for name in BUILTIN_PLUGINS:
             distributions[name] = ("dbimport", _version("dbimport"))
@@ -94,6 +93,12 @@ class Registry(Mapping[str, Matcher]):
             raise PluginError(
                 f"plugin {reg.plugin} registered a matcher whose name {name!r} is not a "
                 "lower-case identifier"
+            )
+        cls = type(matcher)
+        if cls.find is Matcher.find and cls.find_many is Matcher.find_many:  # each defaults to the other
+            raise PluginError(
+                f"plugin {reg.plugin} registered mode {name!r}, whose matcher overrides neither find "
+                "nor find_many; write one of them (see docs/writing-a-matcher.md)"
             )
         taken = self._by_mode.get(name)
         if taken is not None:

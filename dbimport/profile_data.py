@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import normalize
-from .catalog import Database, FieldDecl, Resource
+from .catalog import Database, Resource
 from .errors import BadInput
-from .fields import SYSTEM_FIELDS, Limits, check_phones, check_value, split_tags
+from .fields import SYSTEM_FIELDS, FieldDecl, Limits, check_phones, check_value, split_tags
 
 SUBSCRIPTION_STATUSES = ("subscribed", "unsubscribed", "suspended")
 DEFAULT_SUBSCRIPTION_STATUS = "subscribed"

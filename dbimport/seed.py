@@ -30,7 +30,8 @@ def read_seed(path: str | Path) -> dict[str, Any]:
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "(top level)"
         raise ConfigError(str(path), f"seed file at {where}: {error.message}")
-    return seed
+    checked: dict[str, Any] = seed
+    return checked
 
 
 def load_seed(store: Store, seed: Mapping[str, Any]) -> Counter[str]:
@@ -85,7 +86,7 @@ def load_seed(store: Store, seed: Mapping[str, Any]) -> Counter[str]:
 
 
 def _upsert(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...]) -> int:
-    return conn.execute(query.encode(), params).rowcount  # type: ignore[arg-type]
+    return conn.execute(query.encode(), params).rowcount
 
 
 def _check_owner(
@@ -93,7 +94,7 @@ def _check_owner(
     *, strict: bool = False,
 ) -> None:
     row = conn.execute(
-        f"SELECT account_id FROM {table} WHERE {column} = %s".encode(),  # type: ignore[arg-type]
+        f"SELECT account_id FROM {table} WHERE {column} = %s".encode(),
         (ident,),
     ).fetchone()
     if row is None and strict:
@@ -108,7 +109,7 @@ def _upsert_field(
 ) -> int:
     where = " AND ".join(f"{c} = %s" for c in owner_columns)
     row = conn.execute(
-        f"SELECT type FROM {table} WHERE {where} AND name = %s".encode(),  # type: ignore[arg-type]
+        f"SELECT type FROM {table} WHERE {where} AND name = %s".encode(),
         (*owner, decl["name"]),
     ).fetchone()
     if row is not None and row[0] != decl["type"]:

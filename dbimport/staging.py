@@ -90,7 +90,8 @@ def stage_subscription(
     if before is None and after == DEFAULT_SUBSCRIPTION_STATUS:
         rows.add_event(profile_id, ev.SUBSCRIBED, feedback_id, {**address, "status": after})
     elif before != after:
-        rows.add_event(profile_id, ev.SUBSCRIPTION_STATUS_CHANGED, feedback_id, {**address, "from": before, "to": after})
+        change = {**address, "from": before, "to": after}
+        rows.add_event(profile_id, ev.SUBSCRIPTION_STATUS_CHANGED, feedback_id, change)
 
 
 def execute(conn: psycopg.Connection[Any], db_id: int, rows: Rows) -> list[TriggerEvent]:

@@ -53,7 +53,7 @@ class Supervisor:
         self._install_signal_handlers()
         for slot in range(self.workers):
             self._start(slot)
-        delays = {slot: RESTART_FIRST_DELAY_S for slot in range(self.workers)}
+        delays = dict.fromkeys(range(self.workers), RESTART_FIRST_DELAY_S)
         while self.children:
             time.sleep(POLL_INTERVAL_S)
             for slot, child in list(self.children.items()):

@@ -23,11 +23,11 @@ from .errors import (
     Transient,
 )
 from .housekeeping import prune
+from .migrations import current_version, installed_version
 from .pipeline import Batch, Outcome, Pipeline, log_error_results
 from .plugins import Registry, get_plugin_manager
 from .results import Result
 from .retry import Throttle, gave_up, service_retry
-from .schema import current_version, installed_version
 from .stats import Stats, ThroughputReporter
 from .store import Store
 
@@ -59,7 +59,7 @@ class Worker:
         self.registry = Registry(self.plugin_manager)
         self.store = Store(settings.postgres_dsn)
         self.broker = Broker(settings)
-        self.catalog = Catalog(loader=self._read_catalog)
+        self.catalog = Catalog(loader=self._read_catalog, limits=settings.value_limits)
         self.pipeline = Pipeline(
             settings=settings, registry=self.registry, catalog=self.catalog,
             store=self.store, plugin_manager=self.plugin_manager, holds=self.broker.holds,
@@ -159,12 +159,12 @@ class Worker:
         unencodable = self.broker.publish(outgoing)
         if unencodable:
             again: list[Outgoing] = []
-            for index, exc in sorted(unencodable.items()):
+            for index, error in sorted(unencodable.items()):
                 position = owner[index]
                 if outcomes[position].dead_reason is not None and outgoing[index].source is not None:
                     continue  # its 500 is in the batch; the dead letter alone failed
-                log.error("a result could not be encoded: %s", exc)
-                outcomes[position] = self._unpublishable(outcomes[position], exc)
+                log.error("a result could not be encoded: %s", error)
+                outcomes[position] = self._unpublishable(outcomes[position], error)
                 again.extend(self._messages_for(outcomes[position], plain=True))
             self.broker.publish(again)
         log_error_results(outcomes)

@@ -13,55 +13,24 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import psycopg
 
 from . import events as ev
 from . import staging
-from .catalog import Database
 from .errors import BadInput, Conflict, NotFound
 from .events import TriggerEvent
+from .jobs import Job
 from .lookup import Lookup
-from .matcher import Found, Key, Matcher, Query
-from .message import Envelope
+from .matcher import Found, Key
 from .message_log import applied_before, lock, record
-from .ordering import Effects, Segment, effects, next_segment
+from .ordering import Segment, next_segment
 from .profile_data import ProfileWrite, SubscriptionWrite
 from .results import Result
 from .staging import SubscriptionKey
-
-
-@dataclass
-class Job:
-    """One valid message on its way to the store."""
-
-    index: int
-    envelope: Envelope
-    db: Database
-    matcher: Matcher
-    query: Query
-    write: ProfileWrite
-    message_key: bytes
-    # Redelivered, or retried after an unknown commit outcome: maybe applied.
-    maybe_applied: bool = False
-    # Whether the worker still holds the delivery (its channel is open).
-    still_held: Callable[[], bool] = lambda: True
-
-    @property
-    def feedback_id(self) -> str:
-        return self.envelope.feedback_id
-
-    @property
-    def may_create(self) -> bool:
-        return self.matcher.creates and not self.envelope.update_only
-
-    @cached_property
-    def effects(self) -> Effects:
-        return effects(self.query, self.write)
 
 
 @dataclass
@@ -118,7 +87,7 @@ def _apply_in_segments(conn: psycopg.Connection[Any], db_id: int, jobs: list[Job
         _forget_stale(pending, found, segment)
 
 
-def _forget_stale(pending: list[Job], found: dict[int, Found], segment: Segment) -> None:
+def _forget_stale(pending: list[Job], found: dict[int, Found], segment: Segment[Job]) -> None:
     """Drop the look-ups the segment's writes may have changed."""
     for job in pending:
         seen = found.get(job.index)
@@ -164,7 +133,9 @@ def _apply_segment(
     return settled
 
 
-def _sort_out(jobs: list[Job], found: dict[int, Found], targets: dict[str, _Target], outcome: BatchOutcome) -> list[Job]:
+def _sort_out(
+    jobs: list[Job], found: dict[int, Found], targets: dict[str, _Target], outcome: BatchOutcome
+) -> list[Job]:
     """Answer the failed jobs, file the updates under their targets; return the creates."""
     to_create = []
     for job in jobs:

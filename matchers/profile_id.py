@@ -5,11 +5,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dbimport.catalog import Database
-from dbimport.errors import BadInput
-from dbimport.hookspecs import hookimpl
-from dbimport.lookup import Lookup
-from dbimport.matcher import Found, Key, Matcher, Query
+from dbimport.api import BadInput, Database, Found, Key, Lookup, Matcher, Query, hookimpl
 
 _PROFILE_ID = re.compile(r"[0-9a-f]{24}")
 
@@ -24,14 +20,7 @@ class ProfileIdMatcher(Matcher):
         profile_id = str(message["profile_id"]).strip().lower()
         if not _PROFILE_ID.fullmatch(profile_id):
             raise BadInput("profile_id must be 24 hexadecimal characters", field="profile_id")
-        return Query(
-            keys=(Key("profile", profile_id),),
-            matching_field="profile_id",
-            values={"profile_id": profile_id},
-        )
-
-    def find(self, lookup: Lookup, query: Query) -> Found:
-        return self.find_many(lookup, [query])[0]
+        return Query(keys=(Key("profile", profile_id),), matching_field="profile_id", values={"profile_id": profile_id})
 
     def find_many(self, lookup: Lookup, queries: Sequence[Query]) -> list[Found]:
         found = lookup.profiles_by_id([q.values["profile_id"] for q in queries])

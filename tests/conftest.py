@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 
 from dbimport.config import CONFIG_PATH_ENV, Settings, keys
-from dbimport.schema import migrate
+from dbimport.migrations import migrate
 from dbimport.seed import load_seed, read_seed
 from dbimport.stats import Stats
 from dbimport.store import Store, with_database
@@ -26,10 +26,10 @@ SEED_FILE = TESTS / "data" / "seed.json"
 EMPTY_CONFIG = TESTS / "data" / "empty-main.json"
 # The server the tests create their databases on; its maintenance database.
 ADMIN_DSN = os.environ.get("DBIMPORT_TEST_DSN", "postgresql://127.0.0.1:5432/postgres")
-RABBITMQ = dict(
-    host=os.environ.get("DBIMPORT_TEST_RABBITMQ_HOST", "127.0.0.1"),
-    port=int(os.environ.get("DBIMPORT_TEST_RABBITMQ_PORT", "5672")),
-)
+RABBITMQ = {
+    "host": os.environ.get("DBIMPORT_TEST_RABBITMQ_HOST", "127.0.0.1"),
+    "port": int(os.environ.get("DBIMPORT_TEST_RABBITMQ_PORT", "5672")),
+}
 RUN_ID = uuid.uuid4().hex[:8]
 
 

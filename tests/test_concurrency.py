@@ -123,12 +123,10 @@ def test_four_workers_on_one_queue_create_exactly_one_profile_per_match_value(
         profiles_of_value[mode, value].add(r["profile_id"])
     assert {key: ids for key, ids in profiles_of_value.items() if len(ids) != 1} == {}
     distinct = Counter(mode for mode, _value in profiles_of_value)
-    assert distinct == {mode: VALUES_PER_MODE for mode in CREATING_MODES}
+    assert distinct == dict.fromkeys(CREATING_MODES, VALUES_PER_MODE)
     assert len({ids.pop() for ids in profiles_of_value.values()}) == len(CREATING_MODES) * VALUES_PER_MODE
 
-    assert dict(harness.rows("SELECT fields->>'_fname', count(*) FROM profiles GROUP BY 1")) == {
-        mode: VALUES_PER_MODE for mode in CREATING_MODES
-    }
+    assert dict(harness.rows("SELECT fields->>'_fname', count(*) FROM profiles GROUP BY 1")) == dict.fromkeys(CREATING_MODES, VALUES_PER_MODE)
     assert dict(harness.rows(
         "SELECT p.fields->>'_fname', count(*) FROM subscriptions s "
         "JOIN profiles p USING (db_id, profile_id) GROUP BY 1"

@@ -247,9 +247,7 @@ def test_run_warns_about_a_typo_once_at_start_in_the_job_log(tmp_path: Path, que
     log = tmp_path / "job_server.log"
     config = write_config(tmp_path, {"IMPORT_QUEU": "orders", "RABBITMQ_PORT": 1, "JOB_SERVER_LOG": str(log),
                                      "IMPORT_CONNECT_TIMEOUT_S": 0})
-    done = worker("run", "--until-empty", env=config_env(config, **{
-        "IMPORT_QUEUE": queues["import_queue"], "IMPORT_RESULT_QUEUE": queues["result_queue"],
-        "IMPORT_DEAD_QUEUE": queues["dead_queue"]}))
+    done = worker("run", "--until-empty", env=config_env(config, IMPORT_QUEUE=queues["import_queue"], IMPORT_RESULT_QUEUE=queues["result_queue"], IMPORT_DEAD_QUEUE=queues["dead_queue"]))
     warned = [line for line in log.read_text().splitlines() if "did you mean 'IMPORT_QUEUE'?" in line]
     assert len(warned) == 1 and "WARNING" in warned[0], log.read_text()
     assert done.returncode == 78  # the default store does not exist here: the warning came first

@@ -25,7 +25,10 @@ from faults.plugins import CRASH_EXIT_CODE, FAULT_MODE
 from faults.processes import WorkerProcess, children_of, log_lines, wait_for, worker_env
 from faults.proxy import TcpProxy
 from faults.services import (
-    backends_waiting_on_a_lock, close_worker_connections, queue_counts, terminate_worker_backends,
+    backends_waiting_on_a_lock,
+    close_worker_connections,
+    queue_counts,
+    terminate_worker_backends,
     worker_connections,
 )
 

@@ -28,7 +28,8 @@ from typing import Any
 import orjson
 import pika
 import pytest
-from hypothesis import HealthCheck, Phase, example, given, settings as hypothesis_settings
+from hypothesis import HealthCheck, Phase, example, given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 

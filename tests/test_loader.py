@@ -18,7 +18,17 @@ from conftest import Harness
 from dbimport.config import CONFIG_PATH_ENV, Settings
 from dbimport.errors import ExitCode
 from dbimport.loader import (
-    Channel, LineSet, Load, Plan, UsageError, build_parser, count_rows, execute, make_plan, parse_map, summary,
+    Channel,
+    LineSet,
+    Load,
+    Plan,
+    UsageError,
+    build_parser,
+    count_rows,
+    execute,
+    make_plan,
+    parse_map,
+    summary,
 )
 
 EX_OK, EX_ROWS_FAILED, EX_USAGE = ExitCode.OK, ExitCode.PROBLEMS, ExitCode.USAGE
@@ -70,7 +80,7 @@ def queued(harness: Harness) -> list[tuple[pika.BasicProperties, dict[str, Any]]
 
 
 def profiles(harness: Harness, db_id: int = 1) -> dict[str, dict[str, Any]]:
-    return {email: fields for email, fields in harness.rows("SELECT email, fields FROM profiles WHERE db_id = %s", db_id)}
+    return dict(harness.rows("SELECT email, fields FROM profiles WHERE db_id = %s", db_id))
 
 
 # --- JSONL ------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from test_message_contract import Answered, Case, answer_cases, assert_answer  # noqa: F401 (fixture)
 
 from conftest import Harness, msg
-from test_message_contract import Answered, Case, answer_cases, assert_answer  # noqa: F401 (fixture)
 
 ABSENT = object()  # the field is not stored
 STORED = object()  # the field is stored, in whatever canonical form

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pika
 import pika.exceptions
 import pytest
-from conftest import Harness, msg
-from faults.plugins import FAULT_MODE, from_environment
 
+from conftest import Harness, msg
 from dbimport.broker import DEAD_REASON_HEADER
 from dbimport.broker.connection import translate
 from dbimport.config import Settings
 from dbimport.plugins import get_plugin_manager
 from dbimport.worker import RunLimits, Worker
+from faults.plugins import FAULT_MODE, from_environment
 
 CYRILLIC_255 = "Ж" * 255  # 255 characters, 510 bytes in UTF-8: no AMQP short string
 

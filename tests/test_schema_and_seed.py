@@ -18,7 +18,7 @@ from psycopg import sql
 from conftest import ADMIN_DSN, SEED_FILE
 from dbimport.config import CONFIG_PATH_ENV, keys
 from dbimport.errors import ConfigError
-from dbimport.schema import current_version, unique_keys
+from dbimport.migrations import current_version, unique_keys
 from dbimport.seed import read_seed
 from dbimport.store import with_database
 

@@ -15,7 +15,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import pika
 import psycopg.conninfo
 import pytest
 
@@ -23,9 +22,8 @@ from conftest import Harness
 from dbimport.broker import Broker
 from dbimport.broker.connection import parameters
 from dbimport.config import CONFIG_PATH_ENV, Settings, keys, load_settings, redact_dsn
-from dbimport.errors import ConfigError, DbimportError
+from dbimport.errors import ConfigError, DbimportError, ServiceUnavailable
 from dbimport.store import Store
-from dbimport.errors import ServiceUnavailable
 from dbimport.worker import RunLimits, Worker
 
 UNREACHABLE_PORT = "1"
@@ -173,7 +171,7 @@ def test_a_mistyped_secret_in_main_json_is_not_echoed(tmp_path: Path, settings: 
     """Given main.json holding the password where a string belongs in a list, and the
     DSN as an object, the worker stops with 78 naming the key, without echoing either."""
     (tmp_path / "main.json").write_text(
-        '{"RABBITMQ_PASS": ["%s"], "POSTGRES_DSN": {"password": "%s"}}' % (secrets.rabbitmq_pass, secrets.dsn_password)
+        f'{{"RABBITMQ_PASS": ["{secrets.rabbitmq_pass}"], "POSTGRES_DSN": {{"password": "{secrets.dsn_password}"}}}}'
     )
     run = worker(tmp_path, settings, "check")
     assert run.code == 78, run

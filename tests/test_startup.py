@@ -18,13 +18,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import ADMIN_DSN, Harness, msg, worker_env
-from faults.services import close_worker_connections, rabbitmqctl
 from psycopg import sql
 
+from conftest import ADMIN_DSN, Harness, msg, worker_env
 from dbimport.config import CONFIG_PATH_ENV, Settings
 from dbimport.errors import ExitCode
 from dbimport.store import with_database
+from faults.services import close_worker_connections, rabbitmqctl
 
 # Long enough that an outage-style retry would show: a refusal must not wait for it.
 CONNECT_TIMEOUT_S = "30"
@@ -410,6 +410,7 @@ def test_credentials_rotated_under_a_running_worker_keep_its_messages_until_they
     meanwhile stays queued, one ERROR line names the refusal (not one per attempt), and the
     refusals metric counts each attempt; once the password is back it drains the rest."""
     import pika
+
     from faults.processes import WorkerProcess, wait_for
 
     port = closed_port()

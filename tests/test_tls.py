@@ -38,9 +38,8 @@ import pytest
 from conftest import Harness, msg
 from dbimport.broker import Broker
 from dbimport.config import Settings, load_settings
-from dbimport.errors import ConfigError
+from dbimport.errors import ConfigError, ServiceUnavailable
 from dbimport.store import Store
-from dbimport.errors import ServiceUnavailable
 from dbimport.worker import RunLimits, Worker
 
 RABBITMQCTL_TIMEOUT_S = 60

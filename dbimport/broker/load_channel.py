@@ -44,7 +44,7 @@ class Channel:
 
     def open(self) -> None:
         self._connection, _ = open_connection(self.settings, name=f"dbimport-load {self.run_id}")
-        input_queue, result_queue, _dead = queues.specs(self.settings)
+        input_queue = queues.specs(self.settings)[0]
         queues.declare(self._connection, self.settings, input_queue, warn=self.warn)
         with wrapped(self.settings, "open the publishing channel"):
             self._tx = self._connection.channel()

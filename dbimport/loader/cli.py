@@ -11,13 +11,6 @@ from ..checks import writable
 from ..cli import positive_float, positive_int
 from ..config import Settings, load
 from ..errors import BrokerUnavailable, CannotCreate, ExitCode, Fatal
-
-# The worker's exit codes (dbimport.errors.ExitCode): 0 every row published (and, with
-# --wait, answered with error 0); 1 some row was rejected, answered with an error, or
-# unanswered; 2 a bad command line or an unreadable FILE; 69 RabbitMQ unreachable;
-# 70 an internal error; 73 the report cannot be written; 77 RabbitMQ refuses the
-# credentials; 78 bad configuration. And the shell's own for Ctrl-C:
-INTERRUPTED = 130
 from .rows import (
     MessageBuilder,
     RowError,
@@ -29,6 +22,13 @@ from .rows import (
     read_csv_header,
 )
 from .run import DEFAULT_BATCH, DEFAULT_TIMEOUT_S, Load, Plan, summary
+
+# The worker's exit codes (dbimport.errors.ExitCode): 0 every row published (and, with
+# --wait, answered with error 0); 1 some row was rejected, answered with an error, or
+# unanswered; 2 a bad command line or an unreadable FILE; 69 RabbitMQ unreachable;
+# 70 an internal error; 73 the report cannot be written; 77 RabbitMQ refuses the
+# credentials; 78 bad configuration. And the shell's own for Ctrl-C:
+INTERRUPTED = 130
 
 DESCRIPTION = """\
 Publish one import message per row of FILE to IMPORT_QUEUE (database_import).

@@ -5,11 +5,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from dbimport.catalog import Database
-from dbimport.errors import BadInput
-from dbimport.lookup import Lookup, canonical
-from dbimport.matcher import Found, Key, Matcher, Query
-from dbimport.profile_data import ProfileWrite
+from dbimport.api import BadInput, Database, Found, Key, Lookup, Matcher, ProfileWrite, Query, canonical
 
 #: the custom profile field that holds a member's card; each database that
 #: uses the mode declares it as a `string` field

@@ -5,9 +5,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 
-from dbimport.events import PROFILE_CREATED, TriggerEvent
-from dbimport.hookspecs import hookimpl
-from dbimport.matcher import Matcher
+from dbimport.api import PROFILE_CREATED, Matcher, TriggerEvent, hookimpl
 
 from .matcher import CARD_FIELD, LoyaltyMatcher
 
