@@ -5,13 +5,13 @@
 - `EitherIdentityMatcher`: an e-mail and/or a phone, the e-mail's profile first;
 - `FieldMatcher`: a declared custom field, of the profile or of its subscriptions.
 
-A mode of a family is a subclass that sets a few class attributes.
+A mode of a family is an instance with a few arguments: a plugin module of one line.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from . import normalize
 from .catalog import Database
@@ -78,15 +78,19 @@ class IdentityMatcher(Matcher):
     narrows the subscriptions searched; a profile created by a mode that searches
     subscriptions only is subscribed to it."""
 
-    identity: ClassVar[Identity]
-    in_profile: ClassVar[bool] = True
-    in_subscriptions: ClassVar[bool] = True
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "identity" in cls.__dict__ and "schema" not in cls.__dict__:
-            key = cls.identity.key
-            cls.schema = {"required": [key], "properties": {key: {"type": "string"}}}
+    def __init__(
+        self, *, name: str, identity: Identity, description: str = "", in_profile: bool = True,
+        in_subscriptions: bool = True, creates: bool = True,
+    ) -> None:
+        if not (in_profile or in_subscriptions):
+            raise ValueError(f"mode {name!r} searches neither the profile nor subscriptions")
+        self.name = name
+        self.identity = identity
+        self.description = description
+        self.in_profile = in_profile
+        self.in_subscriptions = in_subscriptions
+        self.creates = creates
+        self.schema = {"required": [identity.key], "properties": {identity.key: {"type": "string"}}}
 
     def prepare(self, message: Mapping[str, Any], db: Database) -> Query:
         value = self.identity.of(message)
@@ -120,12 +124,19 @@ class EitherIdentityMatcher(Matcher):
     finding different profiles is ambiguous (409). Searched in the profile
     (`in_profile`) or in subscriptions."""
 
-    identities: ClassVar[tuple[Identity, Identity]] = (EMAIL, PHONE)
-    in_profile: ClassVar[bool] = True
-    schema = {
-        "anyOf": [{"required": ["email"]}, {"required": ["phone"]}],
-        "properties": {"email": {"type": "string"}, "phone": {"type": "string"}},
-    }
+    def __init__(
+        self, *, name: str, description: str = "", in_profile: bool = True,
+        identities: tuple[Identity, Identity] = (EMAIL, PHONE),
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.in_profile = in_profile
+        self.identities = identities
+        keys = [i.key for i in identities]
+        self.schema = {
+            "anyOf": [{"required": [key]} for key in keys],
+            "properties": {key: {"type": "string"} for key in keys},
+        }
 
     def prepare(self, message: Mapping[str, Any], db: Database) -> Query:
         given = [i for i in self.identities if message.get(i.key) not in (None, "")]
@@ -191,7 +202,11 @@ class FieldMatcher(Matcher):
     profile, or (`of_subscriptions`) of its subscriptions. A tags value finds
     profiles holding all of its tags."""
 
-    of_subscriptions: ClassVar[bool] = False
+    def __init__(self, *, name: str, description: str = "", of_subscriptions: bool = False) -> None:
+        self.name = name
+        self.description = description
+        self.of_subscriptions = of_subscriptions
+
     schema = {
         "required": ["field_name", "field_value"],
         "properties": {"field_name": {"type": "string"}, "field_value": {"type": ["string", "integer"]}},

@@ -1,24 +1,24 @@
-"""The hooks a dbimport plugin may implement, and their markers."""
+"""The hooks a dbimport plugin may implement (their markers are in `markers`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import pluggy
+from .markers import PROJECT_NAME, hookimpl, hookspec
 
 if TYPE_CHECKING:
     from .events import TriggerEvent
     from .matcher import Matcher
 
-PROJECT_NAME = "dbimport"
-
-hookspec = pluggy.HookspecMarker(PROJECT_NAME)
-hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+__all__ = ["PROJECT_NAME", "dbimport_events_committed", "dbimport_register_matchers", "hookimpl", "hookspec"]
 
 
 @hookspec
 def dbimport_register_matchers() -> Sequence[Matcher]:
     """Return the matching modes this plugin provides, as `Matcher` instances.
+
+    A `Matcher` instance is a plugin of its own (it implements this hook by
+    returning itself): register it, or point an entry point at it, directly.
 
     Every mode name must be unique across all plugins: a duplicate stops the
     worker at start, naming both plugins.

@@ -4,8 +4,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
+from .markers import hookimpl
 from .profile_data import ProfileWrite
 
 if TYPE_CHECKING:
@@ -57,8 +58,9 @@ class Found:
 
 
 class Matcher(abc.ABC):
-    """A matching mode. Subclass it, and return an instance from
-    `dbimport_register_matchers`.
+    """A matching mode. Subclass it (or configure one of the families in
+    `dbimport.api`); an instance is a plugin of its own: register it, point an
+    entry point at it, or return it from a plugin's `dbimport_register_matchers`.
 
     Write `prepare`, and either the single-message `find` or the batch form
     `find_many` (one round trip for many queries; the core only calls
@@ -68,15 +70,20 @@ class Matcher(abc.ABC):
     """
 
     #: the value of the message's `matching` key that selects this mode
-    name: ClassVar[str]
+    name: str
     #: a JSON Schema fragment for the message keys this mode needs, e.g.
     #: ``{"required": ["email"], "properties": {"email": {"type": "string"}}}``;
     #: it is composed with the base message schema
-    schema: ClassVar[Mapping[str, Any]] = {}
+    schema: Mapping[str, Any] = {}
     #: whether no match creates a profile (else: 404)
-    creates: ClassVar[bool] = True
+    creates: bool = True
     #: one line for `dbimport-worker matchers`
-    description: ClassVar[str] = ""
+    description: str = ""
+
+    @hookimpl
+    def dbimport_register_matchers(self) -> list[Matcher]:
+        """A matcher registered as a plugin provides itself."""
+        return [self]
 
     @abc.abstractmethod
     def prepare(self, message: Mapping[str, Any], db: Database) -> Query:

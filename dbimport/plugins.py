@@ -32,8 +32,10 @@ def get_plugin_manager(
     """Specs, built-ins, then third parties' entry points; misspelled hooks fail here."""
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
+    # Each built-in mode is a matcher instance, a plugin of its own: the module's
+    # `plugin`, as an entry point `dbimport.matchers.email:plugin` would load it.
     for module_name in BUILTIN_PLUGINS:
-        pm.register(importlib.import_module(module_name), name=module_name)
+        pm.register(importlib.import_module(module_name).plugin, name=module_name)
     if entry_points:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     for plugin in extra_plugins:

@@ -1,18 +1,6 @@
 """Matching mode `email_phone_sub`: e-mail subscriptions, then SMS subscriptions."""
-from __future__ import annotations
+from dbimport.api import EitherIdentityMatcher
 
-from dbimport.api import EitherIdentityMatcher, Matcher, hookimpl
-
-
-class EmailPhoneSubMatcher(EitherIdentityMatcher):
-    name = "email_phone_sub"
-    in_profile = False
-    description = (
-        "e-mail subscriptions, then SMS subscriptions; both finding different profiles is 409 "
-        "(a new profile is subscribed to resource_id)"
-    )
-
-
-@hookimpl
-def dbimport_register_matchers() -> list[Matcher]:
-    return [EmailPhoneSubMatcher()]
+plugin = EitherIdentityMatcher(name="email_phone_sub", in_profile=False, description=(
+    "e-mail subscriptions, then SMS subscriptions; both finding different profiles is 409 "
+    "(a new profile is subscribed to resource_id)"))

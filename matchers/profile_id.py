@@ -5,7 +5,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dbimport.api import BadInput, Database, Found, Key, Lookup, Matcher, Query, hookimpl
+from dbimport.api import BadInput, Database, Found, Key, Lookup, Matcher, Query
 
 _PROFILE_ID = re.compile(r"[0-9a-f]{24}")
 
@@ -27,6 +27,4 @@ class ProfileIdMatcher(Matcher):
         return [Found.of(ids, "profile_id") for ids in found]
 
 
-@hookimpl
-def dbimport_register_matchers() -> list[Matcher]:
-    return [ProfileIdMatcher()]
+plugin = ProfileIdMatcher()

@@ -13,7 +13,6 @@ from dbimport.api import (
     Matcher,
     ProfileWrite,
     Query,
-    hookimpl,
     normalize_text,
     resource_of,
     subscription_to,
@@ -49,6 +48,4 @@ class PushSubMatcher(Matcher):
         return subscription_to(query, "push", query.values["subscription_id"], provider=query.values["provider"])
 
 
-@hookimpl
-def dbimport_register_matchers() -> list[Matcher]:
-    return [PushSubMatcher()]
+plugin = PushSubMatcher()

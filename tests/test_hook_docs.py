@@ -155,10 +155,12 @@ class GuidePlugin:
 
 
 def guide_matchers(module: types.ModuleType) -> list[Matcher]:
-    return [
+    """The matchers the guide's examples define: classes of their own, and instances."""
+    defined = [
         obj() for obj in vars(module).values()
         if isinstance(obj, type) and issubclass(obj, Matcher) and obj.__module__ == module.__name__
     ]
+    return defined + [obj for obj in vars(module).values() if isinstance(obj, Matcher)]
 
 
 def test_the_guides_examples_run_and_their_matchers_register(loyalty_importable):

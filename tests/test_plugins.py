@@ -142,11 +142,12 @@ def test_given_a_broken_registration_when_starting_then_it_is_refused_naming_the
 
 
 def test_built_in_modes_are_plugins_registered_through_the_same_hook():
-    """Every built-in module is a plugin with a `dbimport_register_matchers` hookimpl,
-    and the registry holds exactly what the hooks returned: no mode is hard-wired."""
+    """Every built-in module's `plugin` is a matcher, a plugin with a
+    `dbimport_register_matchers` hookimpl, and the registry holds exactly what the hooks
+    returned: no mode is hard-wired."""
     for module_name in BUILTIN_PLUGINS:
-        module = importlib.import_module(module_name)
-        hook = getattr(module, "dbimport_register_matchers", None)
+        plugin = importlib.import_module(module_name).plugin
+        hook = getattr(plugin, "dbimport_register_matchers", None)
         assert hook is not None and hasattr(hook, f"{hookspecs.PROJECT_NAME}_impl"), module_name
 
     registry = Registry(plugin_manager())
@@ -158,7 +159,7 @@ def test_built_in_modes_are_plugins_registered_through_the_same_hook():
 
     bare = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     bare.add_hookspecs(hookspecs)
-    bare.register(importlib.import_module("dbimport.matchers.phone"), name="dbimport.matchers.phone")
+    bare.register(importlib.import_module("dbimport.matchers.phone").plugin, name="dbimport.matchers.phone")
     assert list(Registry(bare)) == ["phone"]
 
 

@@ -28,12 +28,8 @@ from typing import Any
 
 import orjson
 
+from dbimport.api import EMAIL, Found, IdentityMatcher, Lookup, Matcher, Query, TriggerEvent, hookimpl
 from dbimport.broker import Broker, Outgoing
-from dbimport.events import TriggerEvent
-from dbimport.hookspecs import hookimpl
-from dbimport.lookup import Lookup
-from dbimport.matcher import Found, Matcher, Query
-from dbimport.matchers.email import EmailMatcher
 
 CRASH_EXIT_CODE = 137  # what a shell reports for a process killed by SIGKILL
 FAULT_MODE = "fault_email"
@@ -82,14 +78,13 @@ def crash_before_ack(marker: Path, at_batch: int) -> None:
     Broker.ack_through = ack_through  # type: ignore[method-assign]
 
 
-class FaultEmailMatcher(EmailMatcher):
+class FaultEmailMatcher(IdentityMatcher):
     """E-mail matching that fails, stalls or dawdles on demand, inside the batch's
     transaction, as a plugin with a bug or a slow look-up would."""
 
-    name = FAULT_MODE
-    description = "e-mail matching with injected faults (tests only)"
-
     def __init__(self, *, poisoned: frozenset[str], pace: Pace, hold: Hold | None) -> None:
+        super().__init__(name=FAULT_MODE, identity=EMAIL,
+                         description="e-mail matching with injected faults (tests only)")
         self.poisoned = poisoned
         self.pace = pace
         self.hold = hold
