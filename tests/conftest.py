@@ -1,9 +1,16 @@
 """Fixtures: real RabbitMQ and PostgreSQL, a fresh database and fresh queues per test."""
 from __future__ import annotations
 
+import json
 import os
+import re
+import socket
+import subprocess
+import sys
+import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +38,14 @@ RABBITMQ = {
     "port": int(os.environ.get("DBIMPORT_TEST_RABBITMQ_PORT", "5672")),
 }
 RUN_ID = uuid.uuid4().hex[:8]
+# The eleven built-in matching modes, in the order of docs/contract.md, "Matching modes".
+BUILT_IN_MODES = (
+    "email", "email_profile", "email_sub", "phone", "phone_sub", "profile_id",
+    "push_sub", "custom", "custom_sub", "email_phone", "email_phone_sub",
+)
+# The keys of every result (docs/contract.md, "The result"), and the form of a profile id.
+RESULT_KEYS = frozenset({"error", "error_text", "feedback_id", "matching_field", "profile_id"})
+PROFILE_ID = re.compile(r"[0-9a-f]{24}")
 
 
 def amqp_connection() -> pika.BlockingConnection:
@@ -76,14 +91,50 @@ def template_database(services: None) -> Iterator[str]:
     _drop(name)
 
 
+def _copy_of(template: str) -> str:
+    """A new database copied from `template`; its name."""
+    name = f"dbimport_test_{RUN_ID}_{uuid.uuid4().hex[:10]}"
+    with _admin() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
+    return name
+
+
+def _queue_names() -> dict[str, str]:
+    prefix = f"test.{RUN_ID}.{uuid.uuid4().hex[:10]}"
+    return {
+        "import_queue": f"{prefix}.database_import",
+        "result_queue": f"{prefix}.database_import_result",
+        "dead_queue": f"{prefix}.database_import.dead",
+    }
+
+
+def _delete_queues(names: Sequence[str]) -> None:
+    conn = amqp_connection()
+    try:
+        channel = conn.channel()
+        for name in names:
+            channel.queue_delete(name)
+    finally:
+        conn.close()
+
+
+def _settings(dsn: str, queues: dict[str, str], log_path: Path) -> Settings:
+    return Settings(
+        postgres_dsn=dsn,
+        rabbitmq_host=RABBITMQ["host"],
+        rabbitmq_port=RABBITMQ["port"],
+        log_path=str(log_path),
+        batch_wait_ms=20,
+        db_retry_s=10.0,
+        connect_timeout_s=5.0,
+        **queues,
+    )
+
+
 @pytest.fixture
 def database(template_database: str) -> Iterator[str]:
     """The DSN of a fresh database of the test's own, migrated and seeded."""
-    name = f"dbimport_test_{RUN_ID}_{uuid.uuid4().hex[:10]}"
-    with _admin() as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template_database))
-        )
+    name = _copy_of(template_database)
     yield with_database(ADMIN_DSN, name)
     _drop(name)
 
@@ -91,34 +142,14 @@ def database(template_database: str) -> Iterator[str]:
 @pytest.fixture
 def queues(services: None) -> Iterator[dict[str, str]]:
     """Queue names of the test's own, deleted afterwards."""
-    prefix = f"test.{RUN_ID}.{uuid.uuid4().hex[:10]}"
-    names = {
-        "import_queue": f"{prefix}.database_import",
-        "result_queue": f"{prefix}.database_import_result",
-        "dead_queue": f"{prefix}.database_import.dead",
-    }
+    names = _queue_names()
     yield names
-    conn = amqp_connection()
-    try:
-        channel = conn.channel()
-        for name in names.values():
-            channel.queue_delete(name)
-    finally:
-        conn.close()
+    _delete_queues(list(names.values()))
 
 
 @pytest.fixture
 def settings(database: str, queues: dict[str, str], tmp_path: Path) -> Settings:
-    return Settings(
-        postgres_dsn=database,
-        rabbitmq_host=RABBITMQ["host"],
-        rabbitmq_port=RABBITMQ["port"],
-        log_path=str(tmp_path / "job_server.log"),
-        batch_wait_ms=20,
-        db_retry_s=10.0,
-        connect_timeout_s=5.0,
-        **queues,
-    )
+    return _settings(database, queues, tmp_path / "job_server.log")
 
 
 class Harness:
@@ -233,3 +264,172 @@ def counts(harness: Harness) -> tuple[int, int, int]:
         harness.count("SELECT count(*) FROM subscriptions"),
         harness.count("SELECT count(*) FROM events"),
     )
+
+
+def events_of(harness: Harness, feedback_id: str) -> int:
+    """How many trigger events the message with `feedback_id` recorded."""
+    return harness.count("SELECT count(*) FROM events WHERE feedback_id = %s", feedback_id)
+
+
+def interests_of(harness: Harness, profile_id: str) -> Any:
+    """The tags the profile's `interests` field (a tags field of database 1) holds."""
+    [(value,)] = harness.rows("SELECT fields->'interests' FROM profiles WHERE profile_id = %s", profile_id)
+    return value
+
+
+def answered(harness: Harness) -> int:
+    """Results published so far (read without consuming them)."""
+    return harness.queue_depth(harness.settings.result_queue)
+
+
+# --- a worker run shared by many cases --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One message and the answer the contract gives it.
+
+    `names` is the key (or data field) the error_text must name; "message" for
+    a body that is not a JSON object at all.
+    """
+
+    id: str
+    message: dict[str, Any] | bytes
+    error: int
+    names: str = ""
+    feedback_id: str | None = None  # the echoed feedback_id, when the case fixes it
+
+    def expected_feedback_id(self) -> str | None:
+        """The feedback_id the result echoes: a string whole, a number as its decimal text."""
+        if self.feedback_id is not None:
+            return self.feedback_id
+        if isinstance(self.message, dict) and "feedback_id" in self.message:
+            value = self.message["feedback_id"]
+            if value is None:
+                return ""
+            return value if isinstance(value, str) else orjson.dumps(value).decode()
+        return None
+
+
+@dataclass
+class Answered:
+    """The results of a batch of cases, by case id, and the harness that ran it."""
+
+    harness: Harness
+    by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def answer_cases(
+    template_database: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[Sequence[Case]], Answered]]:
+    """answer_cases(cases): publish them all to a fresh database and queues, run one
+    worker until the queue is empty, and return each case's result.
+
+    One run for a hundred cases keeps the suite fast; a parametrized test per case,
+    reading its result from the module's run, keeps each failure readable."""
+    databases: list[str] = []
+    queues: list[str] = []
+    harnesses: list[Harness] = []
+
+    def answer(cases: Sequence[Case]) -> Answered:
+        ids = [case.id for case in cases]
+        assert len(set(ids)) == len(ids), "case ids must be unique"
+        database = _copy_of(template_database)
+        databases.append(database)
+        names = _queue_names()
+        queues.extend(names.values())
+        settings = _settings(with_database(ADMIN_DSN, database), names,
+                             tmp_path_factory.mktemp("log") / "job_server.log")
+        harness = Harness(settings)
+        harnesses.append(harness)
+        results = harness.import_(*(case.message for case in cases))
+        assert len(results) == len(cases), f"{len(cases)} messages got {len(results)} results"
+        answered = Answered(harness)
+        for case, result in zip(cases, results):
+            # Accepted messages prove the results came back in publish order.
+            if case.error == 0:
+                assert result["feedback_id"] == case.expected_feedback_id(), (
+                    f"results are out of publish order at case {case.id}: {result}"
+                )
+            answered.by_id[case.id] = result
+        return answered
+
+    yield answer
+    for harness in harnesses:
+        harness.close()
+    _delete_queues(queues)
+    for database in databases:
+        _drop(database)
+
+
+def names_key(text: str, key: str) -> bool:
+    """Whether `text` names `key` as a whole key (not as part of a longer name)."""
+    return re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", text) is not None
+
+
+def assert_answer(result: dict[str, Any], case: Case) -> None:
+    assert set(result) == RESULT_KEYS, result
+    assert result["error"] == case.error, result
+    if case.error:
+        assert result["profile_id"] == "", result
+        assert result["error_text"], result
+        assert "\n" not in result["error_text"], result
+        if case.names:
+            assert names_key(result["error_text"], case.names), (
+                f"error_text does not name {case.names!r}: {result['error_text']!r}"
+            )
+    else:
+        assert result["error_text"] == "", result
+        assert PROFILE_ID.fullmatch(result["profile_id"]), result
+
+
+# --- the command line, configuration files, ports ------------------------------------------
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """`dbimport-worker ARGS`, run to its end. The working directory is the folder of
+    the main.json that `env` names, so that no ./main.json of the checkout is read."""
+    return subprocess.run(
+        [sys.executable, "-m", "dbimport", *args], env=env, cwd=Path(env[CONFIG_PATH_ENV]).parent,
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def spawn(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """`dbimport-worker ARGS`, started in the background; stdout and stderr in one pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dbimport", *args], env=env, cwd=cwd,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def write_config(tmp_path: Path, values: dict[str, Any]) -> Path:
+    """tmp_path/main.json holding `values`."""
+    path = tmp_path / "main.json"
+    path.write_text(json.dumps(values))
+    return path
+
+
+def config_env(config: Path, **extra: str) -> dict[str, str]:
+    """A worker's environment reading `config`, and nothing of the caller's configuration."""
+    return worker_env(**{CONFIG_PATH_ENV: str(config)}, **extra)
+
+
+def free_port() -> int:
+    """A port that nothing listens on now (the system's pick)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(port: int) -> str:
+    """The text of the worker's /metrics endpoint on `port`."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def metric(text: str, name: str, labels: str = "") -> float | None:
+    """The value of metric `name{labels}` in scraped `text`, or None if it is not there."""
+    match = re.search(rf"^{re.escape(name + labels)} ([0-9.e+-]+)$", text, re.M)
+    return float(match.group(1)) if match else None

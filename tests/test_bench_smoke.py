@@ -1,4 +1,4 @@
-"""The benchmark's machinery, run small so that it cannot rot, and what its checks found.
+"""The benchmark's machinery (bench/), run small so that it cannot rot.
 
 bench/throughput.py at N=300 fills three queues, drains one with the worker, one
 with the messaging limit (bench/limit.py) and one with the naive reference
@@ -20,7 +20,7 @@ import pika.exceptions
 import psycopg
 import pytest
 
-from conftest import ADMIN_DSN, RABBITMQ, amqp_connection, msg
+from conftest import ADMIN_DSN, RABBITMQ, amqp_connection
 
 THROUGHPUT = Path(__file__).resolve().parent.parent / "bench" / "throughput.py"
 N = 300
@@ -154,25 +154,3 @@ def assert_nothing_left(report: dict[str, Any]) -> None:
         ).fetchall()
     assert left == []
     assert [q for q in report["queues"] if queue_exists(q)] == []
-
-
-def test_given_two_updates_of_one_profile_by_different_keys_in_one_batch_then_the_later_one_wins(
-    harness: Any,
-) -> None:
-    """Found by the benchmark's check (profile user311 after 20,000 messages).
-
-    Given a profile with e-mail a@example.com and CRM_ID 7,
-    when one batch holds, in this order: a custom-mode create that writes an e-mail
-    (c@example.com), an update of the profile by e-mail (_city "Before"), and an
-    update of the same profile by CRM_ID (_city "After"),
-    then the profile ends as the messages applied in order leave it: _city "After".
-    """
-    harness.import_(msg(email="a@example.com", data={"CRM_ID": 7}))
-    results = harness.import_(
-        msg(matching="custom", field_name="CRM_ID", field_value=9, data={"email": "c@example.com"}, feedback_id="x"),
-        msg(email="a@example.com", data={"_city": "Before"}, feedback_id="b"),
-        msg(matching="custom", field_name="CRM_ID", field_value=7, data={"_city": "After"}, feedback_id="c"),
-    )
-
-    assert [(r["feedback_id"], r["error"]) for r in results] == [("x", 0), ("b", 0), ("c", 0)]
-    assert harness.rows("SELECT fields->>'_city' FROM profiles WHERE email = 'a@example.com'") == [("After",)]

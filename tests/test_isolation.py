@@ -2,7 +2,7 @@
 
 The seed has account 1 (databases 1 and 2; resource 24 linked to both, 25 to
 database 1 only, 26 to none) and account 2 (database 3, resource 30). The 403/404
-answers for foreign ids are in test_message_contract; here each test first puts a
+answers for foreign ids are in test_contract.py; here each test first puts a
 profile in the *other* database or account, then checks that a message naming it
 never finds it, never changes it, and never conflicts with it.
 """

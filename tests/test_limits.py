@@ -99,6 +99,27 @@ def test_max_message_bytes_is_configurable(harness: Harness, tmp_path: Path) -> 
     assert harness.rows("SELECT email FROM profiles") == [("at@example.com",)]
 
 
+def test_a_message_over_the_size_limit_gets_413(harness: Harness) -> None:
+    """Given IMPORT_MAX_MESSAGE_BYTES = 300, a body of 300 bytes is imported, one of
+    301 gets 413 and writes nothing, and the next message is handled normally."""
+    limit = 300
+    harness.publish(
+        sized(limit, "at-limit"),
+        sized(limit + 1, "over-limit"),
+        msg(email="after@example.com", feedback_id="after"),
+    )
+    harness.run(settings=harness.settings.replace(max_message_bytes=limit))
+    at_limit, over, after = harness.results()
+    assert (at_limit["error"], at_limit["feedback_id"]) == (0, "at-limit")
+    assert over["error"] == 413, over
+    assert over["feedback_id"] == "over-limit", "found by reading the start of the body"
+    assert over["profile_id"] == ""
+    assert str(limit) in over["error_text"], over
+    assert (after["error"], after["feedback_id"]) == (0, "after")
+    emails = sorted(email for (email,) in harness.rows("SELECT email FROM profiles"))
+    assert emails == ["after@example.com", "at-limit@example.com"]
+
+
 def test_max_depth_is_configurable(harness: Harness, tmp_path: Path) -> None:
     """Given IMPORT_MAX_DEPTH = "6", a message 6 levels deep is imported; 7 levels (in
     data.prefs, or in an ignored top-level key) gets 400 naming where."""

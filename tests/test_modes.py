@@ -1,20 +1,16 @@
-"""The eleven matching modes against SPEC §3: what each searches, needs, does on no match, reports."""
+"""Matching modes (docs/contract.md, "Matching modes"): the table's rows, checked for all
+eleven built-in modes at once: what each mode searches and needs, what it does on no
+match, with update_only and on several matches, and what it reports.
+
+The modes' own tests are in test_modes_email.py, test_modes_email_phone.py,
+test_modes_custom.py and test_modes_profile_id.py.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from conftest import Harness, counts, msg, ok
-
-ALL_MODES = (
-    "email", "email_profile", "email_sub", "phone", "phone_sub", "profile_id",
-    "push_sub", "custom", "custom_sub", "email_phone", "email_phone_sub",
-)
-
-
-
-
-
+from conftest import BUILT_IN_MODES, Harness, counts, msg, ok
 
 # --- on no match: create, holding the match value; the next message finds it ---------
 
@@ -140,20 +136,6 @@ def test_no_match_creates_a_profile_holding_the_match_value_that_the_next_messag
     ) == len(CREATES) - 1
 
 
-def test_custom_sub_creates_a_profile_and_finds_it_by_a_subscription_field(harness: Harness) -> None:
-    """custom_sub has no subscription address to write, so a new profile does not hold
-    the value; once a subscription carries it (data.subscriptions), the mode finds it."""
-    match = {"matching": "custom_sub", "field_name": "loyalty_card", "field_value": "LC-9"}
-    [created] = ok(harness.import_(msg(**match, data={"subscriptions": [
-        {"resource_id": 24, "channel": "email", "email": "ann@example.com", "custom_fields": {"loyalty_card": "LC-9"}},
-    ]})))
-    assert created["matching_field"] == "loyalty_card"
-    [found] = ok(harness.import_(msg(**match, resource_id=24, data={"_fname": "Ann"})))
-    assert found["profile_id"] == created["profile_id"]
-    assert found["matching_field"] == "loyalty_card"
-    assert harness.count("SELECT count(*) FROM profiles") == 1
-
-
 def test_data_values_win_over_the_match_value_of_a_new_profile(harness: Harness) -> None:
     """A new profile starts with the match value, unless `data` sets the same field."""
     [r] = ok(harness.import_(msg(email="match@example.com", data={"email": "given@example.com"})))
@@ -257,7 +239,7 @@ SEARCHES = [
 def test_each_mode_searches_what_its_row_says(harness: Harness) -> None:
     """Given, for each row, a pair: `prof` (values in the profile) and `subs` (values
     in subscriptions of resource 24), when the row's message matches in its mode,
-    then it finds the profile its SPEC row names, or creates a new one, and reports
+    then it finds the profile its row of the table names, or creates a new one, and reports
     the field that matched. Each row has a pair of its own, so the rows run together."""
     given = {r["feedback_id"]: r["profile_id"] for r in ok(harness.import_(
         *(m for i in range(len(SEARCHES)) for m in given_pair(i))
@@ -280,41 +262,6 @@ def test_each_mode_searches_what_its_row_says(harness: Harness) -> None:
     ) == sorted((f"probe{i}",) for i in range(len(SEARCHES)))
 
 
-def test_a_database_never_finds_the_profiles_of_another(harness: Harness) -> None:
-    """Resource 24 is linked to databases 1 and 2: a subscription to it in one
-    database is not found from the other, which creates its own."""
-    in_db2 = ok(harness.import_(
-        msg(db_id=2, email="ann@example.com"),
-        msg(db_id=2, matching="email_sub", email="sub@example.com", resource_id=24),
-        msg(db_id=2, matching="custom", field_name="CRM_ID", field_value=7),
-    ))
-    in_db1 = ok(harness.import_(
-        msg(email="ann@example.com"),
-        msg(matching="email_sub", email="sub@example.com", resource_id=24),
-        msg(matching="custom", field_name="CRM_ID", field_value=7),
-    ))
-    assert not {r["profile_id"] for r in in_db1} & {r["profile_id"] for r in in_db2}
-    assert harness.rows("SELECT db_id, count(*) FROM profiles GROUP BY 1 ORDER BY 1") == [(1, 3), (2, 3)]
-    assert harness.rows("SELECT db_id, resource_id, address FROM subscriptions ORDER BY 1") == [
-        (1, 24, "sub@example.com"), (2, 24, "sub@example.com"),
-    ]
-
-
-def test_profile_id_finds_the_profile_and_never_creates(harness: Harness) -> None:
-    """profile_id updates the profile with that id; an unknown id is 404, nothing written."""
-    given = given_two_profiles(harness)
-    before = counts(harness)
-    found, missing = harness.import_(
-        msg(matching="profile_id", profile_id=given["prof"], data={"_fname": "Found"}, feedback_id="f"),
-        msg(matching="profile_id", profile_id="0123456789abcdef01234567", data={"_fname": "Lost"}, feedback_id="m"),
-    )
-    assert (found["error"], found["profile_id"], found["matching_field"]) == (0, given["prof"], "profile_id")
-    assert (missing["error"], missing["profile_id"]) == (404, "")
-    assert "profile_id" in missing["error_text"]
-    assert harness.count("SELECT count(*) FROM profiles") == before[0]
-    assert harness.rows("SELECT profile_id FROM profiles WHERE fields ? '_fname'") == [(given["prof"],)]
-
-
 # --- update_only -----------------------------------------------------------------------
 
 UNMATCHED = {
@@ -335,7 +282,7 @@ UNMATCHED = {
 def test_update_only_without_a_match_is_404_in_every_mode_and_writes_nothing(harness: Harness) -> None:
     """Given profiles that the values do not match, when each mode gets update_only,
     then each message is 404 with no profile id, and nothing is written."""
-    assert sorted(UNMATCHED) == sorted(ALL_MODES)
+    assert sorted(UNMATCHED) == sorted(BUILT_IN_MODES)
     given = given_two_profiles(harness)
     before = counts(harness)
     results = harness.import_(*(
@@ -427,14 +374,6 @@ def test_missing_empty_or_malformed_match_values_are_400_naming_the_key(harness:
     assert [r["feedback_id"] for r in results] == [str(i) for i in range(len(BAD_INPUT))]
     assert counts(harness) == before
     assert harness.count("SELECT count(*) FROM profiles WHERE fields->>'_fname' = 'Wildcard'") == 0
-
-
-def test_email_phone_modes_without_email_or_phone_are_400_naming_both_keys(harness: Harness) -> None:
-    """A message with neither key gets an error that says which keys it needs."""
-    results = harness.import_(msg(matching="email_phone"), msg(matching="email_phone_sub"))
-    assert [(r["error"], r["profile_id"]) for r in results] == [(400, "")] * 2
-    for r in results:
-        assert "email" in r["error_text"] and "phone" in r["error_text"], r["error_text"]
 
 
 # --- resource_id: tenancy --------------------------------------------------------------
@@ -539,3 +478,29 @@ def test_more_than_one_profile_found_is_409_and_writes_nothing(harness: Harness)
     ))
     assert [r["profile_id"] for r in results] == [given["two"], given["one"], given["two"]]
     assert harness.count("SELECT count(*) FROM profiles") == 2
+
+
+# --- order within a batch ---------------------------------------------------------------
+
+
+def test_given_two_updates_of_one_profile_by_different_keys_in_one_batch_then_the_later_one_wins(
+    harness: Harness,
+) -> None:
+    """Found by the benchmark's check (bench/throughput.py; profile user311 after 20,000
+    messages).
+
+    Given a profile with e-mail a@example.com and CRM_ID 7,
+    when one batch holds, in this order: a custom-mode create that writes an e-mail
+    (c@example.com), an update of the profile by e-mail (_city "Before"), and an
+    update of the same profile by CRM_ID (_city "After"),
+    then the profile ends as the messages applied in order leave it: _city "After".
+    """
+    harness.import_(msg(email="a@example.com", data={"CRM_ID": 7}))
+    results = harness.import_(
+        msg(matching="custom", field_name="CRM_ID", field_value=9, data={"email": "c@example.com"}, feedback_id="x"),
+        msg(email="a@example.com", data={"_city": "Before"}, feedback_id="b"),
+        msg(matching="custom", field_name="CRM_ID", field_value=7, data={"_city": "After"}, feedback_id="c"),
+    )
+
+    assert [(r["feedback_id"], r["error"]) for r in results] == [("x", 0), ("b", 0), ("c", 0)]
+    assert harness.rows("SELECT fields->>'_city' FROM profiles WHERE email = 'a@example.com'") == [("After",)]

@@ -1,27 +1,23 @@
-"""Matching by e-mail and by profile id (issue 2, point 4): modes email, email_profile, profile_id.
+"""The e-mail modes (docs/contract.md, "`email`", "`email_profile`" and "`email_sub`"): an
+address matched trimmed and case-insensitively, in the profile or in e-mail
+subscriptions, unique within a database.
 
 Several messages go into one worker run where the contract's order allows it:
 the worker answers a batch as if its messages came one by one, so a batch of
-"create, then update" is a test of that too.
+"create, then update" is a test of that too. What every mode shares (the table of
+docs/contract.md, "Matching modes") is checked for these modes too in test_modes.py.
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
 
-from conftest import Harness, msg
-
-PROFILE_ID = re.compile(r"[0-9a-f]{24}")
+from conftest import PROFILE_ID, Harness, events_of, msg
 
 
 def codes(results: list[dict[str, Any]]) -> list[int]:
     return [r["error"] for r in results]
-
-
-def events_of(harness: Harness, feedback_id: str) -> int:
-    return harness.count("SELECT count(*) FROM events WHERE feedback_id = %s", feedback_id)
 
 
 @pytest.mark.parametrize("mode", ["email", "email_profile"])
@@ -78,29 +74,6 @@ def test_update_only_without_a_match_gets_404_and_writes_nothing(harness: Harnes
     assert hit["profile_id"] == created["profile_id"]
     assert harness.rows("SELECT email, fields FROM profiles") == [("someone@example.com", {"_fname": "T"})]
     assert events_of(harness, "miss") == 0
-
-
-def test_profile_id_matching_finds_an_existing_profile_and_never_creates(harness: Harness) -> None:
-    """Given one profile, profile_id matching updates it by its id;
-    an id that names no profile gets 404 and creates nothing, update_only or not."""
-    [created] = harness.import_(msg(email="known@example.com", data={"_fname": "Old"}, feedback_id="create"))
-    pid = created["profile_id"]
-    unknown = "0123456789abcdef01234567"
-    found, missing, missing_update_only = harness.import_(
-        msg(matching="profile_id", profile_id=pid, data={"_fname": "New"}, feedback_id="found"),
-        msg(matching="profile_id", profile_id=unknown, data={"_fname": "Ghost"}, feedback_id="missing"),
-        msg(matching="profile_id", profile_id=unknown, update_only=True, data={}, feedback_id="missing2"),
-    )
-    assert (found["error"], found["profile_id"], found["matching_field"]) == (0, pid, "profile_id")
-    for result in (missing, missing_update_only):
-        assert result["error"] == 404, result
-        assert result["profile_id"] == ""
-        assert result["matching_field"] == "profile_id"
-        assert "profile_id" in result["error_text"]
-    assert harness.rows("SELECT profile_id, email, fields FROM profiles") == [
-        (pid, "known@example.com", {"_fname": "New"})
-    ]
-    assert events_of(harness, "missing") == 0
 
 
 def test_a_write_that_would_take_another_profiles_email_gets_409(harness: Harness) -> None:

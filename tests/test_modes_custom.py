@@ -1,47 +1,15 @@
-"""Tags fields (SPEC §4) and matching on them with `custom` (SPEC §3): all given tags must be held."""
+"""The custom modes (docs/contract.md, "`custom`" and "`custom_sub`"): matching on a custom
+field of the profile, a tags field included (every given tag must be held), or of
+its subscriptions.
+
+What every mode shares (the table of docs/contract.md, "Matching modes") is checked
+for these modes too in test_modes.py.
+"""
 from __future__ import annotations
 
 from typing import Any
 
-from conftest import Harness, msg
-
-
-def ok(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    assert [r["error"] for r in results] == [0] * len(results), results
-    return results
-
-
-def interests_of(harness: Harness, profile_id: str) -> Any:
-    [(value,)] = harness.rows("SELECT fields->'interests' FROM profiles WHERE profile_id = %s", profile_id)
-    return value
-
-
-WRITTEN_AS = [
-    (["red", "green"], ["red", "green"]),
-    ("red,green", ["red", "green"]),
-    ("red | green", ["red", "green"]),
-    ("red;green", ["red", "green"]),
-    (" red ; green|blue,red ", ["red", "green", "blue"]),  # trimmed, each tag once
-    ([" red", "red ", "green"], ["red", "green"]),
-    ("red,,green;", ["red", "green"]),  # empty pieces are no tags
-]
-
-
-def test_a_tags_field_accepts_a_list_or_one_string_separated_by_comma_pipe_or_semicolon(harness: Harness) -> None:
-    results = ok(harness.import_(*(
-        msg(email=f"t{i}@example.com", data={"interests": value}) for i, (value, _) in enumerate(WRITTEN_AS)
-    )))
-    assert [interests_of(harness, r["profile_id"]) for r in results] == [stored for _, stored in WRITTEN_AS]
-
-
-def test_a_tags_value_that_is_neither_a_list_nor_a_string_is_400_naming_the_field(harness: Harness) -> None:
-    results = harness.import_(
-        msg(email="a@example.com", data={"interests": 5}),
-        msg(email="b@example.com", data={"interests": ["red", 5]}),
-        msg(email="c@example.com", data={"interests": {"red": True}}),
-    )
-    assert [(r["error"], "data.interests" in r["error_text"]) for r in results] == [(400, True)] * 3
-    assert harness.count("SELECT count(*) FROM profiles") == 0
+from conftest import Harness, interests_of, msg, ok
 
 
 def by_tags(value: Any, **fields: Any) -> dict[str, Any]:
@@ -100,4 +68,21 @@ def test_a_later_message_in_the_same_batch_finds_the_profile_an_earlier_one_crea
         by_tags("red", feedback_id="finds it", data={"_fname": "Second"}),
     ))
     assert second["profile_id"] == first["profile_id"]
+    assert harness.count("SELECT count(*) FROM profiles") == 1
+
+
+# --- custom_sub ----------------------------------------------------------------------------
+
+
+def test_custom_sub_creates_a_profile_and_finds_it_by_a_subscription_field(harness: Harness) -> None:
+    """custom_sub has no subscription address to write, so a new profile does not hold
+    the value; once a subscription carries it (data.subscriptions), the mode finds it."""
+    match = {"matching": "custom_sub", "field_name": "loyalty_card", "field_value": "LC-9"}
+    [created] = ok(harness.import_(msg(**match, data={"subscriptions": [
+        {"resource_id": 24, "channel": "email", "email": "ann@example.com", "custom_fields": {"loyalty_card": "LC-9"}},
+    ]})))
+    assert created["matching_field"] == "loyalty_card"
+    [found] = ok(harness.import_(msg(**match, resource_id=24, data={"_fname": "Ann"})))
+    assert found["profile_id"] == created["profile_id"]
+    assert found["matching_field"] == "loyalty_card"
     assert harness.count("SELECT count(*) FROM profiles") == 1
