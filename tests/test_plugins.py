@@ -1,15 +1,24 @@
-"""The plugin API: registration, refusals at start, schema fragments, the single-message form."""
+"""Plugins (docs/writing-a-matcher.md): the registry, refusals at start, schema fragments, the
+single-message form, and the public API `dbimport.api` that plugins import.
+
+The committed-events hook is tested with the trigger events (test_triggers.py); a real
+third-party package, installed, in test_third_party_plugin.py; the guide's own
+examples in test_hook_docs.py.
+"""
 from __future__ import annotations
 
+import ast
 import importlib
+import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from conftest import msg
-from dbimport import hookspecs
+from conftest import BUILT_IN_MODES, msg
+from dbimport import api, hookspecs
 from dbimport.catalog import Database
 from dbimport.errors import BadInput, PluginError
 from dbimport.events import TriggerEvent
@@ -20,10 +29,9 @@ from dbimport.plugins import BUILTIN_PLUGINS, Registry, get_plugin_manager
 from dbimport.profile_data import ProfileWrite
 from dbimport.worker import RunLimits, Worker
 
-SPEC_MODES = {
-    "email", "email_profile", "email_sub", "phone", "phone_sub", "profile_id",
-    "push_sub", "custom", "custom_sub", "email_phone", "email_phone_sub",
-}
+ROOT = Path(__file__).resolve().parent.parent
+GUIDE = ROOT / "docs" / "writing-a-matcher.md"
+PLUGIN_SOURCES = sorted([*(ROOT / "matchers").rglob("*.py"), *(ROOT / "examples").rglob("*.py")])
 
 
 class NicknameMatcher(Matcher):
@@ -151,7 +159,7 @@ def test_built_in_modes_are_plugins_registered_through_the_same_hook():
         assert hook is not None and hasattr(hook, f"{hookspecs.PROJECT_NAME}_impl"), module_name
 
     registry = Registry(plugin_manager())
-    assert set(registry) == SPEC_MODES
+    assert set(registry) == set(BUILT_IN_MODES)
     assert {r.plugin for r in registry.registrations()} == set(BUILTIN_PLUGINS)
 
     # A manager holding one built-in module serves that module's modes and no other.
@@ -217,52 +225,6 @@ def test_given_a_matcher_with_only_find_when_a_batch_repeats_values_then_one_pro
     assert kinds == [("profile_created", 20), ("profile_updated", 40)]
 
 
-# --- the hook after commit ----------------------------------------------------------------
-
-
-class EventWatcher:
-    """A plugin told of committed events; it reads the store while it is told."""
-
-    __name__ = "acme_events"
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self.batches: list[list[TriggerEvent]] = []
-        self.committed_rows_seen: list[int] = []
-
-    @hookimpl
-    def dbimport_events_committed(self, events: Sequence[TriggerEvent]) -> None:
-        self.batches.append(list(events))
-        # Another connection sees the rows only if the batch has committed.
-        with psycopg.connect(self.dsn) as conn:
-            row = conn.execute("SELECT count(*) FROM events").fetchone()
-        self.committed_rows_seen.append(int(row[0]) if row else 0)
-        raise RuntimeError("a broken plugin must not undo the batch")
-
-
-def test_given_a_plugin_with_the_events_hook_when_a_batch_commits_then_it_is_told_after_commit(harness):
-    watcher = EventWatcher(harness.settings.postgres_dsn)
-    harness.publish(
-        msg(email="told@example.com", data={"_fname": "A"}, feedback_id="create"),
-        msg(email="told@example.com", data={"_fname": "B"}, feedback_id="update"),
-        msg(email="quiet@example.com", skip_triggers=True, feedback_id="quiet"),
-    )
-
-    Worker(harness.settings, plugin_manager=plugin_manager(watcher)).run(RunLimits(until_empty=True))
-
-    results = {r["feedback_id"]: r for r in harness.results()}
-    assert [results[f]["error"] for f in ("create", "update", "quiet")] == [0, 0, 0]
-    told = [(e.profile_id, e.kind, e.feedback_id) for batch in watcher.batches for e in batch]
-    stored = harness.rows("SELECT profile_id, kind, feedback_id FROM events ORDER BY event_id")
-    assert told == stored == [
-        (results["create"]["profile_id"], "profile_created", "create"),
-        (results["create"]["profile_id"], "profile_updated", "update"),
-    ]
-    assert watcher.committed_rows_seen and watcher.committed_rows_seen[-1] == len(stored)
-    # The hook raised: the writes stand.
-    assert harness.count("SELECT count(*) FROM profiles") == 2
-
-
 # --- declarations a matcher depends on ------------------------------------------------------
 
 
@@ -305,3 +267,98 @@ def test_given_a_field_declared_while_the_worker_runs_when_a_mode_matches_on_it_
     results = {r["feedback_id"]: r for r in harness.results()}
     assert results["before"]["error"] == 0
     assert results["after"]["error"] == 0, results["after"]
+
+
+# --- the public API: dbimport.api ----------------------------------------------------------
+
+
+def dbimport_imports(path: Path) -> list[str]:
+    """The dbimport modules a file imports, statically (relative imports resolved)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if alias.name.split(".")[0] == "dbimport"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.split(".")[0] == "dbimport":
+                found += [node.module] if node.module != "dbimport" else [f"dbimport.{a.name}" for a in node.names]
+    return found
+
+
+@pytest.mark.parametrize("path", PLUGIN_SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_plugins_import_dbimport_api_and_nothing_else_of_dbimport(path: Path) -> None:
+    """The built-in modes and the example package are written as a third party writes a
+    plugin: against `dbimport.api` only."""
+    assert set(dbimport_imports(path)) <= {"dbimport.api"}, dbimport_imports(path)
+
+
+def test_the_guide_imports_from_dbimport_api_only() -> None:
+    code = "\n".join(re.findall(r"^```python[^\n]*\n(.*?)^```", GUIDE.read_text(), re.MULTILINE | re.DOTALL))
+    imported = set(re.findall(r"^(?:from|import) (dbimport(?:\.\w+)*)(?!\w)", code, re.MULTILINE))
+    assert imported == {"dbimport.api"}, imported
+
+
+def test_every_public_name_is_in_the_guide() -> None:
+    spans = re.findall(r"`([^`\n]+)`", GUIDE.read_text())
+    missing = [name for name in api.__all__ if not any(re.search(rf"\b{name}\b", span) for span in spans)]
+    assert not missing, f"the guide does not name: {missing}"
+
+
+def test_every_public_name_exists_and_the_version_is_semantic() -> None:
+    assert all(hasattr(api, name) for name in api.__all__)
+    assert len(set(api.__all__)) == len(api.__all__)
+    assert re.fullmatch(r"\d+\.\d+", api.API_VERSION)
+
+
+def module_name(path: Path) -> str:
+    relative = path.relative_to(ROOT).with_suffix("")
+    parts = list(relative.parts)
+    if parts[0] == "matchers":
+        parts = ["dbimport", *parts]
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the dbimport modules it imports, statically, `if TYPE_CHECKING` included."""
+    sources = [*(ROOT / "dbimport").rglob("*.py"), *(ROOT / "matchers").rglob("*.py")]
+    modules = {module_name(p): p for p in sources}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join([*anchor, base] if base else anchor)
+                # `from package import module` depends on the module; `from module import name` on it.
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            edges |= {t for t in targets if t in modules and t != name}
+        graph[name] = edges
+    return graph
+
+
+def test_the_import_graph_has_no_cycles() -> None:
+    graph = import_graph()
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append([*path[path.index(nxt):], nxt] if nxt in path else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, cycles

@@ -1,4 +1,10 @@
-"""Trigger events (SPEC §6): recorded with the write, skipped on request, told to plugins, never twice."""
+"""Trigger events (docs/contract.md, "Trigger events"): recorded with the write, skipped on
+request, told to plugins after commit, never twice.
+
+Plugins are told through the `dbimport_events_committed` hook (docs/writing-a-matcher.md,
+"The hooks"); a redelivered message is answered from the message log without a
+second event (docs/contract.md, "Redelivery and idempotency").
+"""
 from __future__ import annotations
 
 import signal
@@ -14,7 +20,7 @@ import orjson
 import psycopg
 import pytest
 
-from conftest import Harness, msg, worker_env
+from conftest import Harness, msg, ok, worker_env
 from dbimport import writer
 from dbimport.broker import Delivery
 from dbimport.config import Settings
@@ -24,11 +30,6 @@ from dbimport.plugins import get_plugin_manager
 from dbimport.worker import RunLimits, Worker
 
 EVENT_ROWS = "SELECT kind, profile_id, feedback_id, payload FROM events ORDER BY event_id"
-
-
-def ok(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    assert [r["error"] for r in results] == [0] * len(results), results
-    return results
 
 
 def event_keys(harness: Harness) -> list[tuple[str, str, str]]:
@@ -234,8 +235,6 @@ broker.Broker.ack_through = die
 from dbimport.cli import main
 sys.exit(main(["run", "--until-empty"]))
 """
-
-
 
 
 def wait_for_ready(harness: Harness, count: int, timeout_s: float = 10.0) -> None:
