@@ -1,30 +1,20 @@
-"""The job log: every error result in it, reopened after logrotate, and the periodic throughput line."""
+"""The job log (README.md, "Operations", "Logging"): every error result in it, and the file
+reopened after logrotate moves it.
+
+The throughput and idle lines are checked with the metrics (test_metrics.py); the
+doc's logrotate stanza, run by logrotate itself, in test_operations.py.
+"""
 from __future__ import annotations
 
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from conftest import Harness, msg, worker_env
+from faults.processes import command, wait_for
 
 WAIT_S = 15.0
-
-
-
-
-def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dbimport", *args]
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def holds(path: Path, text: str) -> Callable[[], bool]:
@@ -68,10 +58,10 @@ def test_the_log_file_is_reopened_after_logrotate_moves_it(harness: Harness, tmp
                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         harness.publish(msg(db_id=99, feedback_id="before-rotate"))
-        wait_for(holds(log_file, "before-rotate"), "the first error line")
+        wait_for(holds(log_file, "before-rotate"), "the first error line", timeout_s=WAIT_S)
         log_file.rename(rotated)
         harness.publish(msg(db_id=99, feedback_id="after-rotate"))
-        wait_for(holds(log_file, "after-rotate"), "the error line in a new file")
+        wait_for(holds(log_file, "after-rotate"), "the error line in a new file", timeout_s=WAIT_S)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=WAIT_S) == 0
     finally:
@@ -82,56 +72,3 @@ def test_the_log_file_is_reopened_after_logrotate_moves_it(harness: Harness, tmp
     assert "after-rotate" not in rotated.read_text()
     assert "stopped:" in log_file.read_text()
     assert [r["feedback_id"] for r in harness.results()] == ["before-rotate", "after-rotate"]
-
-
-def test_an_idle_worker_says_so_once_instead_of_repeating_its_throughput_line(harness: Harness, tmp_path: Path) -> None:
-    """Given 3 messages and a log interval of 0.3 s, when the worker runs for 2.5 s, then the
-    throughput line comes while it works, and after that one "idle" line, not one every 0.3 s."""
-    interval_s = 0.3
-    harness.publish(*(msg(email=f"t{i}@example.com") for i in range(3)))
-    env = worker_env(harness.settings, IMPORT_LOG_INTERVAL_S=str(interval_s))
-    done = subprocess.run(command("run", "--max-runtime", "2.5"), env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    log = Path(harness.settings.log_path).read_text().splitlines()
-    busy = [line for line in log if "msg/s" in line]
-    idle = [line for line in log if "idle: no messages to handle" in line]
-    assert len(busy) == 1 and "handled 3 messages" in busy[0], busy
-    assert len(idle) == 1 and "handled 3 so far" in idle[0], idle
-
-
-def test_the_throughput_line_comes_every_interval_while_working_and_idle_at_most_every_few_minutes() -> None:
-    """The reporter's clock is driven by hand: busy intervals each get a line; an idle
-    stretch gets one line at its start, then one every IDLE_REPORT_INTERVAL_S at most."""
-    import logging
-
-    from dbimport.stats import IDLE_REPORT_INTERVAL_S, Stats, ThroughputReporter
-
-    now = [0.0]
-    stats = Stats()
-    reporter = ThroughputReporter(stats, interval_s=5.0, depth=lambda: 0, clock=lambda: now[0])
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    handler = Collect()
-    logger = logging.getLogger("dbimport.throughput")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        for _ in range(3):  # 15 s of work
-            now[0] += 5.0
-            stats.handled += 100
-            reporter.maybe_report()
-        for _ in range(int(2 * IDLE_REPORT_INTERVAL_S / 5.0)):  # ten minutes idle
-            now[0] += 5.0
-            reporter.maybe_report()
-        now[0] += 5.0
-        stats.handled += 1
-        reporter.maybe_report()
-    finally:
-        logger.removeHandler(handler)
-    kinds = ["busy" if "msg/s" in line else "idle" for line in lines]
-    assert kinds == ["busy", "busy", "busy", "idle", "idle", "busy"], lines

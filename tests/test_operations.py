@@ -1,10 +1,13 @@
-"""Cron- and systemd-supervised operation: the lock file, clean stops on signals and limits,
-services unreachable at start, and the crontab line, systemd unit and logrotate stanza
-of docs/operations.md, tried for real."""
+"""The crontab line, the systemd unit and the logrotate stanza of docs/operations.md
+("Running it"), tried for real: each is read from the document, its paths replaced with
+the test's own, and run.
+
+How the command line behaves under them (the lock file, signals, limits, services
+unreachable at start, exit codes) is tested in test_cli.py.
+"""
 from __future__ import annotations
 
 import grp
-import itertools
 import os
 import pwd
 import re
@@ -13,240 +16,18 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import orjson
-import psycopg.conninfo
 import pytest
 
-from conftest import Harness, msg
+from conftest import Harness, answered, msg
 from dbimport.config import Settings
 from dbimport.errors import ExitCode
-from faults.checks import email_stream
-from faults.plugins import FAULT_MODE
-from faults.processes import WorkerProcess, command, kill_tree, log_lines, wait_for, worker_env
-from faults.proxy import TcpProxy
-from faults.services import queue_counts
+from faults.processes import command, kill_tree, log_lines, wait_for
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
-STOP_WITHIN_S = 5.0
-RABBITMQ = ("127.0.0.1", 5672)
-POSTGRES = ("127.0.0.1", 5432)
-
-
-def answered(harness: Harness) -> int:
-    return harness.queue_depth(harness.settings.result_queue)
-
-
-def take_all(harness: Harness, queue: str) -> list[dict[str, Any]]:
-    """Every message left in `queue`, consumed."""
-    out = []
-    while True:
-        method, _props, body = harness.channel.basic_get(queue, auto_ack=True)
-        if method is None:
-            return out
-        out.append(orjson.loads(body))
-
-
-def assert_acked_exactly_what_it_answered(harness: Harness, messages: list[dict[str, Any]]) -> set[str]:
-    """After a clean stop: each message answered once and gone, or unanswered and still
-    queued; none left unacked. The feedback_ids answered."""
-    queue = harness.settings.import_queue
-    wait_for(lambda: queue_counts(queue).unacked == 0, "the broker to settle the closed channel", timeout_s=10)
-    results = harness.results()
-    answered_ids = [r["feedback_id"] for r in results]
-    assert len(answered_ids) == len(set(answered_ids)), "a message was answered twice"
-    assert all(r["error"] == 0 for r in results)
-    left = [m["feedback_id"] for m in take_all(harness, queue)]
-    assert sorted(answered_ids + left) == sorted(m["feedback_id"] for m in messages)
-    return set(answered_ids)
-
-
-# --- the lock file --------------------------------------------------------------------------
-
-
-def test_a_second_run_with_the_same_lock_file_exits_0_at_once_while_the_first_holds_it(
-    harness: Harness, tmp_path: Path,
-) -> None:
-    """Given a worker running with --lock-file, when another run starts with the same lock
-    file, then it exits 0 at once without consuming; the first goes on answering; once the
-    first has stopped, a new run takes the lock and drains the queue."""
-    lock = tmp_path / "worker.lock"
-    env = worker_env(harness.settings)
-    first = WorkerProcess(["run", "--lock-file", str(lock)], env, tmp_path)
-    try:
-        wait_for(lambda: log_lines(harness.settings, "starting:"), "the first run to start", while_alive=first)
-        assert lock.read_text().strip() == str(first.pid)
-
-        started = time.monotonic()
-        second = subprocess.run(command("run", "--lock-file", str(lock), "--until-empty"), env=env, cwd=tmp_path,
-                                capture_output=True, text=True, timeout=60)
-        assert second.returncode == 0, second.stderr
-        assert time.monotonic() - started < 10
-        assert len(log_lines(harness.settings, f"another run holds {lock}; exiting")) == 1
-        assert len(log_lines(harness.settings, "starting:")) == 1, "the second run must not consume"
-
-        harness.publish(*(msg(email=f"lock{i}@example.com", feedback_id=f"lock{i}") for i in range(20)))
-        wait_for(lambda: answered(harness) == 20, "the first run's answers", while_alive=first)
-        first.signal(signal.SIGTERM)
-        assert first.wait() == 0
-    finally:
-        first.stop()
-
-    harness.publish(msg(email="after@example.com", feedback_id="after"))
-    third = subprocess.run(command("run", "--lock-file", str(lock), "--until-empty"), env=env, cwd=tmp_path,
-                           capture_output=True, text=True, timeout=60)
-    assert third.returncode == 0, third.stderr
-    assert sorted(r["feedback_id"] for r in harness.results()) == sorted([f"lock{i}" for i in range(20)] + ["after"])
-    assert harness.queue_depth(harness.settings.import_queue) == 0
-    assert len(log_lines(harness.settings, "starting:")) == 2
-
-
-# --- clean stops ------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_mid_batch_finishes_the_batch_in_hand_acks_exactly_what_was_answered_and_exits_0(
-    harness: Harness, tmp_path: Path, signum: int,
-) -> None:
-    """Given a worker in the middle of 3,000 messages, inside the transaction of a batch,
-    when it gets SIGTERM or SIGINT, then it finishes that batch (its messages are
-    answered) and exits 0 within a few seconds; every message it answered is gone from
-    the queue, every other one is still there, ready, and nothing is left unacked."""
-    messages = email_stream("stop", matching=FAULT_MODE)
-    # Message 100 is the first with its address: the worker holds the batch it is in.
-    in_hand = messages[100]
-    holding, release = tmp_path / "holding", tmp_path / "release"
-    harness.publish(*messages)
-    env = worker_env(harness.settings, FAULT_HOLD_EMAIL=in_hand["email"],
-                     FAULT_HOLD_MARKER=str(holding), FAULT_HOLD_RELEASE=str(release))
-    worker = WorkerProcess(["run"], env, tmp_path, launcher=True)
-    try:
-        wait_for(holding.exists, "a batch in hand", while_alive=worker)
-        signalled = time.monotonic()
-        worker.signal(signum)
-        release.touch()
-        assert worker.wait() == 0, worker.output()[-3000:]
-        took_s = time.monotonic() - signalled
-    finally:
-        release.touch()
-        worker.stop()
-
-    assert took_s < STOP_WITHIN_S, f"took {took_s:.1f} s to stop"
-    name = signal.Signals(signum).name
-    assert len(log_lines(harness.settings, f"received {name}; finishing the batch in hand")) == 1
-    answered_ids = assert_acked_exactly_what_it_answered(harness, messages)
-    assert in_hand["feedback_id"] in answered_ids, "the batch in hand was not finished"
-    assert len(answered_ids) < len(messages)
-
-
-@pytest.mark.slow
-def test_max_runtime_on_a_busy_queue_stops_in_time_and_acks_exactly_what_was_answered(
-    harness: Harness, tmp_path: Path,
-) -> None:
-    """Given 3,000 messages, paced so that they take longer than 2 s, when `run --max-runtime 2`
-    works on them, then it stops after about 2 s with exit 0, as cleanly as on SIGTERM."""
-    messages = email_stream("runtime", matching=FAULT_MODE)
-    harness.publish(*messages)
-    env = worker_env(harness.settings, FAULT_PACE_S="0.1")
-    started = time.monotonic()
-    worker = WorkerProcess(["run", "--max-runtime", "2"], env, tmp_path, launcher=True)
-    assert worker.wait() == 0, worker.output()[-3000:]
-    elapsed = time.monotonic() - started
-    # The deadline is checked between batches; interpreter start-up comes on top.
-    assert 2.0 <= elapsed < 2.0 + STOP_WITHIN_S + 3, elapsed
-    assert len(log_lines(harness.settings, "--max-runtime reached; stopping")) == 1
-    count = len(assert_acked_exactly_what_it_answered(harness, messages))
-    assert 0 < count < len(messages)
-
-
-# --- services unreachable at start -------------------------------------------------------------
-
-
-def pointing_at(settings: Settings, service: str, port: int) -> dict[str, str]:
-    """Environment overrides that send the worker to `port` for `service`."""
-    if service == "RabbitMQ":
-        return {"RABBITMQ_PORT": str(port)}
-    params = psycopg.conninfo.conninfo_to_dict(settings.postgres_dsn)
-    params.update(host="127.0.0.1", port=str(port))
-    return {"POSTGRES_DSN": psycopg.conninfo.make_conninfo(**params)}
-
-
-def attempt_delays(settings: Settings) -> list[float]:
-    lines = log_lines(settings, "start attempt ")
-    return [float(re.search(r"retrying in ([\d.]+) s", line).group(1)) for line in lines]  # type: ignore[union-attr]
-
-
-@pytest.mark.parametrize("service", ["RabbitMQ", "PostgreSQL"])
-def test_until_empty_with_a_service_unreachable_retries_with_backoff_then_exits_69(
-    harness: Harness, tmp_path: Path, service: str,
-) -> None:
-    """Given the service at a closed port, when `run --until-empty` starts with
-    IMPORT_CONNECT_TIMEOUT_S=3, then it logs each attempt with a doubling delay, and
-    gives up with exit 69 in bounded time."""
-    closed = TcpProxy(RABBITMQ if service == "RabbitMQ" else POSTGRES)  # never started: its port is closed
-    env = worker_env(harness.settings, IMPORT_CONNECT_TIMEOUT_S="3",
-                     **pointing_at(harness.settings, service, closed.port))
-    started = time.monotonic()
-    done = subprocess.run(command("run", "--until-empty"), env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
-    elapsed = time.monotonic() - started
-    assert done.returncode == ExitCode.UNAVAILABLE, done.stderr
-    assert elapsed < 3 + 10, elapsed
-    attempts = log_lines(harness.settings, "start attempt ")
-    assert len(attempts) >= 2 and all(service in line for line in attempts), attempts
-    delays = attempt_delays(harness.settings)
-    # Doubling, but the last wait ends at the deadline: the whole timeout is used.
-    assert delays[:2] == [0.5, 1.0] and all(b == 2 * a for a, b in itertools.pairwise(delays[:-1])), delays
-    assert 0 < delays[-1] <= 2 * delays[-2] and elapsed >= 3, (delays, elapsed)
-    assert log_lines(harness.settings, "gave up after IMPORT_CONNECT_TIMEOUT_S=3 s")
-
-
-@pytest.mark.parametrize("service", ["RabbitMQ", "PostgreSQL"])
-def test_without_until_empty_the_worker_keeps_trying_and_drains_once_the_service_answers(
-    harness: Harness, tmp_path: Path, service: str,
-) -> None:
-    """Given the service unreachable (a proxy in front of it that is not listening yet),
-    when `run` starts, then it keeps trying; once the proxy listens, it connects and
-    answers what was queued; SIGTERM then exits 0."""
-    proxy = TcpProxy(RABBITMQ if service == "RabbitMQ" else POSTGRES)
-    messages = [msg(email=f"late{i}@example.com", feedback_id=f"late{i}") for i in range(100)]
-    harness.publish(*messages)
-    env = worker_env(harness.settings, **pointing_at(harness.settings, service, proxy.port))
-    worker = WorkerProcess(["run"], env, tmp_path)
-    try:
-        wait_for(lambda: len(log_lines(harness.settings, "start attempt ")) >= 2, "two attempts", while_alive=worker)
-        assert answered(harness) == 0
-        proxy.start()
-        wait_for(lambda: answered(harness) == len(messages), "the answers", while_alive=worker)
-        worker.signal(signal.SIGTERM)
-        assert worker.wait() == 0
-    finally:
-        worker.stop()
-        proxy.close()
-    assert log_lines(harness.settings, "connected after ")
-    assert sorted(r["feedback_id"] for r in harness.results() if r["error"] == 0) == sorted(
-        m["feedback_id"] for m in messages)
-
-
-def test_sigterm_while_retrying_at_start_exits_0_at_once(harness: Harness, tmp_path: Path) -> None:
-    closed = TcpProxy(RABBITMQ)
-    env = worker_env(harness.settings, **pointing_at(harness.settings, "RabbitMQ", closed.port))
-    worker = WorkerProcess(["run"], env, tmp_path)
-    try:
-        wait_for(lambda: len(log_lines(harness.settings, "start attempt ")) >= 2, "two attempts", while_alive=worker)
-        signalled = time.monotonic()
-        worker.signal(signal.SIGTERM)
-        assert worker.wait() == 0
-        assert time.monotonic() - signalled < STOP_WITHIN_S
-    finally:
-        worker.stop()
-
-
-# --- docs/operations.md, tried -------------------------------------------------------------
 
 
 def code_block(info: str, containing: str = "") -> str:
@@ -403,12 +184,3 @@ def test_logrotate_with_the_stanza_rotates_a_live_log_and_the_worker_writes_the_
     assert site.lines("stopped: handled=2 ")
     mode = site.log_path.stat().st_mode & 0o777
     assert mode == 0o640, oct(mode)
-
-
-# --- exit codes --------------------------------------------------------------------------------
-
-
-def test_the_exit_codes_documented_for_operators_are_the_command_lines_own() -> None:
-    section = DOC.read_text().split("## Exit codes", 1)[1].split("\n## ", 1)[0]
-    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", section, re.MULTILINE)}
-    assert documented == set(ExitCode)
