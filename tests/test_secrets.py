@@ -1,8 +1,9 @@
-"""Secrets: the RabbitMQ password and the DSN's credentials never reach a log, an error or a repr.
+"""Secrets (docs/security.md, "Secrets"): the RabbitMQ password and the DSN's credentials
+never reach a log, an error or a repr.
 
 Each worker process gets a RABBITMQ_PASS and a POSTGRES_DSN password that are random
-strings, is made to fail in a different way, and then its stdout, its stderr and its
-job log are searched for both. (PostgreSQL here trusts local connections, so a DSN
+strings (or, read from main.json, fixed ones), is made to fail in a different way, and
+then its stdout, its stderr and its job log are searched for both. (PostgreSQL here trusts local connections, so a DSN
 password is accepted whatever it is: its failures come from unreachable ports.)
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import psycopg.conninfo
 import pytest
 
-from conftest import Harness
+from conftest import Harness, cli, config_env, write_config
 from dbimport.broker import Broker
 from dbimport.broker.connection import parameters
 from dbimport.config import CONFIG_PATH_ENV, Settings, keys, load_settings, redact_dsn
@@ -27,6 +28,10 @@ from dbimport.store import Store
 from dbimport.worker import RunLimits, Worker
 
 UNREACHABLE_PORT = "1"
+EX_UNAVAILABLE = 69
+# Fixed secrets, for the tests that read them from main.json.
+PG_SECRET = "pgS3cretValue"
+MQ_SECRET = "mqS3cretValue"
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,55 @@ def test_a_mistyped_secret_in_main_json_is_not_echoed(tmp_path: Path, settings: 
     assert_secret_free(run, secrets)
 
 
+CLOSED_PORT_DSNS = {
+    "url": f"postgresql://importer:{PG_SECRET}@127.0.0.1:1/dbimport",
+    "key=value": f"host=127.0.0.1 port=1 user=importer password={PG_SECRET} dbname=dbimport",
+}
+
+
+@pytest.mark.parametrize("form", sorted(CLOSED_PORT_DSNS))
+def test_a_failing_start_exits_69_and_logs_no_password(tmp_path: Path, queues: dict[str, str], form: str) -> None:
+    """Given RABBITMQ_PASS in main.json and a DSN with a password pointing at a closed port,
+    when `run --until-empty` gives up, then it exits 69 and neither the job log nor stderr
+    holds a password."""
+    log_file = tmp_path / "job_server.log"
+    env = config_env(
+        write_config(tmp_path, {"RABBITMQ_PASS": MQ_SECRET}),
+        POSTGRES_DSN=CLOSED_PORT_DSNS[form], IMPORT_CONNECT_TIMEOUT_S="1", JOB_SERVER_LOG=str(log_file),
+        IMPORT_QUEUE=queues["import_queue"], IMPORT_RESULT_QUEUE=queues["result_queue"],
+        IMPORT_DEAD_QUEUE=queues["dead_queue"],
+    )
+    done = cli("run", "--until-empty", env=env)
+    assert done.returncode == EX_UNAVAILABLE, done.stderr
+    log = log_file.read_text()
+    assert "gave up after IMPORT_CONNECT_TIMEOUT_S" in log, log
+    for text in (log, done.stderr, done.stdout):
+        assert PG_SECRET not in text
+        assert MQ_SECRET not in text
+
+
+def test_a_broker_refusing_the_start_logs_no_password(tmp_path: Path, settings: Settings) -> None:
+    """Given RABBITMQ_PASS and a closed RABBITMQ_PORT in main.json, and a reachable store
+    whose DSN carries a password, when `run --until-empty` gives up, then it exits 69 and
+    no password is in the job log, stderr or stdout."""
+    log_file = tmp_path / "job_server.log"
+    env = config_env(
+        write_config(tmp_path, {"RABBITMQ_PASS": MQ_SECRET, "RABBITMQ_PORT": 1}),
+        # Trust authentication ignores the password; the worker must still hide it.
+        POSTGRES_DSN=f"{settings.postgres_dsn} password={PG_SECRET}",
+        IMPORT_CONNECT_TIMEOUT_S="1", JOB_SERVER_LOG=str(log_file),
+        IMPORT_QUEUE=settings.import_queue, IMPORT_RESULT_QUEUE=settings.result_queue,
+        IMPORT_DEAD_QUEUE=settings.dead_queue,
+    )
+    done = cli("run", "--until-empty", env=env)
+    assert done.returncode == EX_UNAVAILABLE, done.stderr
+    log = log_file.read_text()
+    assert "RabbitMQ" in log, log
+    for text in (log, done.stderr, done.stdout):
+        assert PG_SECRET not in text
+        assert MQ_SECRET not in text
+
+
 # --- in process: repr and errors ------------------------------------------------------------
 
 
@@ -198,6 +252,21 @@ def test_settings_repr_masks_every_secret(secrets: Secrets) -> None:
         assert "rabbitmq_pass='***'" in repr(settings)
         assert settings.rabbitmq_pass == secrets.rabbitmq_pass  # masked in the repr only
         assert secrets.dsn_password not in redact_dsn(dsn)
+
+
+@pytest.mark.parametrize("dsn", [
+    f"postgresql://importer:{PG_SECRET}@db.internal:5432/dbimport",
+    f"postgres://importer:{PG_SECRET}@db.internal/dbimport?sslmode=require",
+    f"host=db.internal user=importer password={PG_SECRET} dbname=dbimport",
+    f"host=db.internal password = '{PG_SECRET} with space' dbname=dbimport",
+])
+def test_passwords_never_appear_in_repr(dsn: str) -> None:
+    s = Settings(postgres_dsn=dsn, rabbitmq_pass=MQ_SECRET)
+    for text in (repr(s), str(s), f"{s}", repr(s.replace(import_queue="q2")), repr([s])):
+        assert PG_SECRET not in text
+        assert MQ_SECRET not in text
+    # Still useful to an operator: the host is shown.
+    assert "db.internal" in repr(s)
 
 
 def test_errors_raised_by_failures_hold_no_secret(settings: Settings, secrets: Secrets) -> None:

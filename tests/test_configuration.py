@@ -1,40 +1,21 @@
-"""Configuration: main.json and the environment, bad values (exit 78), and secrets kept out of sight."""
+"""Configuration (docs/configuration.md): main.json and the environment, how values are read,
+bad values (exit 78), every key documented, and typos of keys.
+
+Secrets in the configuration are kept out of logs, errors and reprs: test_secrets.py.
+"""
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import worker_env
-from dbimport.config import CONFIG_PATH_ENV, Settings, keys, load, load_settings
+from conftest import cli, config_env, write_config
+from dbimport.config import CONFIG_PATH_ENV, keys, load, load_settings
 from dbimport.errors import ConfigError
 
-EX_UNAVAILABLE, EX_CONFIG = 69, 78
-PG_SECRET = "pgS3cretValue"
-MQ_SECRET = "mqS3cretValue"
-
-
-def write_config(tmp_path: Path, values: dict[str, Any]) -> Path:
-    path = tmp_path / "main.json"
-    path.write_text(json.dumps(values))
-    return path
-
-
-def config_env(config: Path, **extra: str) -> dict[str, str]:
-    """A worker's environment reading `config`, and nothing of the caller's configuration."""
-    return worker_env(**{CONFIG_PATH_ENV: str(config)}, **extra)
-
-
-def worker(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dbimport", *args], env=env, cwd=Path(env[CONFIG_PATH_ENV]).parent,
-        capture_output=True, text=True, timeout=timeout,
-    )
+EX_CONFIG = 78
 
 
 # --- values ---------------------------------------------------------------------------
@@ -111,7 +92,7 @@ def test_a_bad_value_is_refused_naming_its_key(tmp_path: Path, key: str, value: 
     ("DEFAULT_LOG_LEVEL", "LOUD"),
 ])
 def test_run_with_a_bad_value_exits_78_with_one_line_naming_the_key(tmp_path: Path, key: str, value: Any) -> None:
-    done = worker("run", "--until-empty", env=config_env(write_config(tmp_path, {key: value})))
+    done = cli("run", "--until-empty", env=config_env(write_config(tmp_path, {key: value})))
     assert done.returncode == EX_CONFIG, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
@@ -120,7 +101,7 @@ def test_run_with_a_bad_value_exits_78_with_one_line_naming_the_key(tmp_path: Pa
 
 def test_a_bad_value_in_the_environment_exits_78_too(tmp_path: Path) -> None:
     env = config_env(write_config(tmp_path, {"RABBITMQ_PORT": 5672}), RABBITMQ_PORT="abc")
-    done = worker("run", "--until-empty", env=env)
+    done = cli("run", "--until-empty", env=env)
     assert done.returncode == EX_CONFIG
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "RABBITMQ_PORT" in lines[0], done.stderr
@@ -129,73 +110,12 @@ def test_a_bad_value_in_the_environment_exits_78_too(tmp_path: Path) -> None:
 def test_a_config_file_that_is_not_json_exits_78(tmp_path: Path) -> None:
     config = tmp_path / "main.json"
     config.write_text('{"RABBITMQ_PORT": 5672,')
-    done = worker("run", "--until-empty", env=config_env(config))
+    done = cli("run", "--until-empty", env=config_env(config))
     assert done.returncode == EX_CONFIG
     assert str(config) in done.stderr
 
 
-# --- secrets --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("dsn", [
-    f"postgresql://importer:{PG_SECRET}@db.internal:5432/dbimport",
-    f"postgres://importer:{PG_SECRET}@db.internal/dbimport?sslmode=require",
-    f"host=db.internal user=importer password={PG_SECRET} dbname=dbimport",
-    f"host=db.internal password = '{PG_SECRET} with space' dbname=dbimport",
-])
-def test_passwords_never_appear_in_repr(dsn: str) -> None:
-    s = Settings(postgres_dsn=dsn, rabbitmq_pass=MQ_SECRET)
-    for text in (repr(s), str(s), f"{s}", repr(s.replace(import_queue="q2")), repr([s])):
-        assert PG_SECRET not in text
-        assert MQ_SECRET not in text
-    # Still useful to an operator: the host is shown.
-    assert "db.internal" in repr(s)
-
-
-CLOSED_PORT_DSNS = {
-    "url": f"postgresql://importer:{PG_SECRET}@127.0.0.1:1/dbimport",
-    "key=value": f"host=127.0.0.1 port=1 user=importer password={PG_SECRET} dbname=dbimport",
-}
-
-
-@pytest.mark.parametrize("form", sorted(CLOSED_PORT_DSNS))
-def test_a_failing_start_exits_69_and_logs_no_password(tmp_path: Path, queues: dict[str, str], form: str) -> None:
-    """Given a DSN with a password pointing at a closed port, when `run --until-empty` gives up,
-    then it exits 69 and neither the job log nor stderr holds a password."""
-    log_file = tmp_path / "job_server.log"
-    env = config_env(
-        write_config(tmp_path, {"RABBITMQ_PASS": MQ_SECRET}),
-        POSTGRES_DSN=CLOSED_PORT_DSNS[form], IMPORT_CONNECT_TIMEOUT_S="1", JOB_SERVER_LOG=str(log_file),
-        IMPORT_QUEUE=queues["import_queue"], IMPORT_RESULT_QUEUE=queues["result_queue"],
-        IMPORT_DEAD_QUEUE=queues["dead_queue"],
-    )
-    done = worker("run", "--until-empty", env=env)
-    assert done.returncode == EX_UNAVAILABLE, done.stderr
-    log = log_file.read_text()
-    assert "gave up after IMPORT_CONNECT_TIMEOUT_S" in log, log
-    for text in (log, done.stderr, done.stdout):
-        assert PG_SECRET not in text
-        assert MQ_SECRET not in text
-
-
-def test_a_broker_refusing_the_start_logs_no_password(tmp_path: Path, settings: Settings) -> None:
-    """Given a reachable store whose DSN carries a password, and a broker at a closed port."""
-    log_file = tmp_path / "job_server.log"
-    env = config_env(
-        write_config(tmp_path, {"RABBITMQ_PASS": MQ_SECRET, "RABBITMQ_PORT": 1}),
-        # Trust authentication ignores the password; the worker must still hide it.
-        POSTGRES_DSN=f"{settings.postgres_dsn} password={PG_SECRET}",
-        IMPORT_CONNECT_TIMEOUT_S="1", JOB_SERVER_LOG=str(log_file),
-        IMPORT_QUEUE=settings.import_queue, IMPORT_RESULT_QUEUE=settings.result_queue,
-        IMPORT_DEAD_QUEUE=settings.dead_queue,
-    )
-    done = worker("run", "--until-empty", env=env)
-    assert done.returncode == EX_UNAVAILABLE, done.stderr
-    log = log_file.read_text()
-    assert "RabbitMQ" in log, log
-    for text in (log, done.stderr, done.stdout):
-        assert PG_SECRET not in text
-        assert MQ_SECRET not in text
+# --- the keys, documented -------------------------------------------------------------------
 
 
 def test_every_configuration_key_is_documented() -> None:
@@ -247,7 +167,7 @@ def test_run_warns_about_a_typo_once_at_start_in_the_job_log(tmp_path: Path, que
     log = tmp_path / "job_server.log"
     config = write_config(tmp_path, {"IMPORT_QUEU": "orders", "RABBITMQ_PORT": 1, "JOB_SERVER_LOG": str(log),
                                      "IMPORT_CONNECT_TIMEOUT_S": 0})
-    done = worker("run", "--until-empty", env=config_env(config, IMPORT_QUEUE=queues["import_queue"], IMPORT_RESULT_QUEUE=queues["result_queue"], IMPORT_DEAD_QUEUE=queues["dead_queue"]))
+    done = cli("run", "--until-empty", env=config_env(config, IMPORT_QUEUE=queues["import_queue"], IMPORT_RESULT_QUEUE=queues["result_queue"], IMPORT_DEAD_QUEUE=queues["dead_queue"]))
     warned = [line for line in log.read_text().splitlines() if "did you mean 'IMPORT_QUEUE'?" in line]
     assert len(warned) == 1 and "WARNING" in warned[0], log.read_text()
     assert done.returncode == 78  # the default store does not exist here: the warning came first
