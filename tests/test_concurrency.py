@@ -1,4 +1,5 @@
-"""Identity under concurrency (SPEC §8): four worker processes never create two profiles for one value."""
+"""Identity under concurrency (docs/scaling.md, "Competing consumers"): four worker processes
+never create two profiles for one value."""
 from __future__ import annotations
 
 import random
@@ -70,8 +71,6 @@ def stream() -> list[dict[str, Any]]:
     ]
     random.Random(4).shuffle(messages)
     return messages
-
-
 
 
 def run_workers(settings: Settings, cwd: Path, count: int) -> None:

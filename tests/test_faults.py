@@ -17,7 +17,7 @@ import orjson
 import psycopg.conninfo
 import pytest
 
-from conftest import Harness, msg
+from conftest import Harness, answered, msg
 from dbimport.broker import Delivery
 from dbimport.pipeline import message_key
 from faults.checks import assert_nothing_lost_nothing_twice, by_mode_value, email_stream, modes_stream
@@ -50,11 +50,6 @@ def slow_down(tmp_path: Path) -> Path:
 
 def full_speed(pace: Path) -> None:
     pace.write_text("0")
-
-
-def answered(harness: Harness) -> int:
-    """Results published so far (read without consuming them)."""
-    return harness.queue_depth(harness.settings.result_queue)
 
 
 def stopped_line(harness: Harness) -> str:

@@ -4,7 +4,8 @@ Each test draws lists of hostile bodies with hypothesis, publishes a whole list,
 runs the real in-process worker once until the queue is empty, and checks:
 
 - every body got exactly one result (matched by the AMQP correlation_id the test
-  gave it), with a code of SPEC §5 other than 500 and the result's shape;
+  gave it), with a code of docs/contract.md ("Error codes") other than 500 and the
+  result's shape;
 - a body that is not a JSON object got 400 (413 over the size limit);
 - the worker returned by itself, answered as many messages as were published,
   requeued and buried none, and logged no error and no traceback;
@@ -33,12 +34,11 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
-from conftest import Harness, msg
+from conftest import BUILT_IN_MODES, RESULT_KEYS, Harness, msg
 from dbimport.message import base_schema, compose
 from dbimport.plugins import Registry, get_plugin_manager
 
 CONTRACT_CODES = {0, 400, 403, 404, 409, 413}
-RESULT_KEYS = {"error", "error_text", "feedback_id", "matching_field", "profile_id"}
 MAX_MESSAGE_BYTES = 1024 * 1024
 # A run that outlives this has stalled on some body: fail rather than hang the suite.
 RUN_GUARD_S = 15.0
@@ -56,10 +56,6 @@ FUZZ = hypothesis_settings(
     ],
 )
 
-BUILT_IN_MODES = (
-    "email", "email_profile", "email_sub", "phone", "phone_sub", "profile_id", "push_sub",
-    "custom", "custom_sub", "email_phone", "email_phone_sub",
-)
 SYSTEM_FIELDS = (
     "_fname", "_lname", "_bdate", "_sex", "_regdate", "_regip", "_ip", "_city", "_country",
     "_region", "_postal_code", "_tz", "_vendor", "_regcity", "_regcountry", "_regurl",
@@ -180,7 +176,8 @@ class Fuzzer:
 
 
 def result_is_well_formed(result: Mapping[str, Any]) -> bool:
-    """SPEC §5: the five keys; an error has no profile and one line of text."""
+    """The result of docs/contract.md ("The result"): the five keys; an error has no profile
+    and one line of text."""
     if set(result) != RESULT_KEYS or not isinstance(result["error_text"], str):
         return False
     if result["error"] == 0:

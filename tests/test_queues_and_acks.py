@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,9 +11,9 @@ import pika
 import pika.exceptions
 import pytest
 
-from conftest import Harness, amqp_connection, msg, worker_env
+from conftest import Harness, amqp_connection, cli, msg, worker_env
 from dbimport.broker import Delivery, Outgoing
-from dbimport.config import CONFIG_PATH_ENV, Settings, load_settings
+from dbimport.config import Settings, load_settings
 from dbimport.errors import BadInput, BrokerUnavailable, ResultUnroutable
 from dbimport.pipeline import Batch, Outcome
 from dbimport.results import Result
@@ -77,13 +75,6 @@ def test_the_input_and_dead_letter_queues_are_durable_without_arguments(settings
         assert declare(queue, arguments={"x-message-ttl": 1000}) == PRECONDITION_FAILED
 
 
-
-
-def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dbimport", *args], env=env,
-                          cwd=Path(env[CONFIG_PATH_ENV]).parent, capture_output=True, text=True, timeout=60)
-
-
 def test_a_result_queue_with_other_arguments_is_used_as_it_is_with_one_warning(
     settings: Settings, amqp: Any, tmp_path: Path,
 ) -> None:
@@ -95,7 +86,7 @@ def test_a_result_queue_with_other_arguments_is_used_as_it_is_with_one_warning(
     for i in range(3):
         amqp.basic_publish("", settings.import_queue, json.dumps(msg(email=f"q{i}@example.com", feedback_id=f"q{i}")))
 
-    done = cli("run", "--until-empty", env=worker_env(settings))
+    done = cli("run", "--until-empty", env=worker_env(settings), timeout=60)
 
     assert done.returncode == 0, done.stderr
     answered = []
@@ -113,7 +104,7 @@ def test_a_result_queue_with_other_arguments_is_used_as_it_is_with_one_warning(
     # The queue is as it was.
     assert declare(settings.result_queue, arguments={"x-message-ttl": OTHER_TTL_MS}) == 0
 
-    checked = cli("check", env=worker_env(settings))
+    checked = cli("check", env=worker_env(settings), timeout=60)
     assert checked.returncode == 1, (checked.stdout, checked.stderr)
     assert settings.result_queue in checked.stdout
 

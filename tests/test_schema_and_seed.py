@@ -26,7 +26,8 @@ EX_OK, EX_CONFIG = 0, 78
 # Account-level tables are keyed by the account; every other table by the profile database.
 ACCOUNT_LEVEL_TABLES = {"accounts", "resources", "resource_fields"}
 BOOKKEEPING_TABLES = {"dbimport_schema"}
-# What the schema must cover (issue 2, point 2).
+# The tables the contract's data lives in (docs/contract.md: accounts, databases, resources,
+# field declarations, profiles, subscriptions, trigger events).
 EXPECTED_TABLES = {
     "accounts", "databases", "resources", "resource_databases", "database_fields",
     "resource_fields", "profiles", "subscriptions", "events",

@@ -35,14 +35,14 @@ import psycopg
 import psycopg.conninfo
 import pytest
 
-from conftest import Harness, msg
+from conftest import Harness, free_port, msg
 from dbimport.broker import Broker
 from dbimport.config import Settings, load_settings
 from dbimport.errors import ConfigError, ServiceUnavailable
 from dbimport.store import Store
 from dbimport.worker import RunLimits, Worker
+from faults.services import rabbitmqctl
 
-RABBITMQCTL_TIMEOUT_S = 60
 SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104
 
@@ -103,12 +103,6 @@ def pki() -> Iterator[Pki]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_for_port(port: int, timeout_s: float = 10) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -121,12 +115,6 @@ def wait_for_port(port: int, timeout_s: float = 10) -> None:
 
 
 # --- RabbitMQ ----------------------------------------------------------------------------------
-
-
-def rabbitmqctl(*args: str) -> str:
-    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=RABBITMQCTL_TIMEOUT_S)
-    assert done.returncode == 0, f"rabbitmqctl {args[0]} failed: {done.stderr or done.stdout}"
-    return done.stdout
 
 
 @pytest.fixture(scope="module")

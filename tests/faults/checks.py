@@ -4,8 +4,9 @@ After any fault and a full drain:
 1. every message has a result, and several results for one message agree;
 2. exactly one profile per match value (and no other profile);
 3. no outage was turned into an error result (every result is error 0);
-and, since SPEC §8 says nothing is applied twice: each message recorded exactly one
-profile event (created or updated), and each profile exactly one `profile_created`.
+and, since nothing is applied twice (docs/contract.md, "Redelivery and idempotency"):
+each message recorded exactly one profile event (created or updated), and each profile
+exactly one `profile_created`.
 """
 from __future__ import annotations
 
