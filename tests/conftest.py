@@ -1,4 +1,10 @@
-"""Fixtures: real RabbitMQ and PostgreSQL, a fresh database and fresh queues per test."""
+"""Fixtures and helpers the test modules share: real RabbitMQ and PostgreSQL, a fresh database per test.
+
+Also fresh queues per test; the Harness that publishes, runs a worker and reads the
+results; one worker run shared by many cases of a module (`answer_cases`);
+`dbimport-worker` run as a process; and the constants several modules check against
+(the built-in modes, a result's keys).
+"""
 from __future__ import annotations
 
 import json

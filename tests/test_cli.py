@@ -1,8 +1,9 @@
-"""The command line and its exit codes (docs/operations.md, "Exit codes" and
-"Troubleshooting"): `dbimport-worker` installed, its help and usage errors, how `run`
-stops (limits, signals, the lock file, `--workers`), each failure at start as one line
-naming the cause and the fix, refusals while running, and the `init-db`, `check` and
-`matchers` commands.
+"""The command line and its exit codes: `dbimport-worker`'s commands, and every failure at start.
+
+docs/operations.md, "Exit codes" and "Troubleshooting"; README.md, "Operations":
+`dbimport-worker` installed, its help and usage errors, how `run` stops (limits, signals,
+the lock file, `--workers`), each failure at start as one line naming the cause and the
+fix, refusals while running, and the `init-db`, `check` and `matchers` commands.
 
 Each test that needs a refusal makes its own RabbitMQ user and vhost (rabbitmqctl) or
 its own PostgreSQL role and database (SQL), and removes them afterwards. The crontab

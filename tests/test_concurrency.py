@@ -1,5 +1,7 @@
-"""Identity under concurrency (docs/scaling.md, "Competing consumers"): four worker processes
-never create two profiles for one value."""
+"""Identity under concurrency: four worker processes never create two profiles for one value.
+
+The promise of docs/scaling.md, "Competing consumers".
+"""
 from __future__ import annotations
 
 import random

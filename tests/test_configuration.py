@@ -1,5 +1,7 @@
-"""Configuration (docs/configuration.md): main.json and the environment, how values are read,
-bad values (exit 78), every key documented, and typos of keys.
+"""Configuration: main.json and the environment, how values are read, bad values, typos of keys.
+
+docs/configuration.md: where the settings come from, how values are read, bad values
+(exit 78), every key documented, and typos of keys.
 
 Secrets in the configuration are kept out of logs, errors and reprs: test_secrets.py.
 """

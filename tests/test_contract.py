@@ -1,5 +1,6 @@
-"""The message and result contract (docs/contract.md, "The message" and "The result"): every
-message gets one result, of the contract's shape, naming the key at fault.
+"""The message and result contract: every message gets one result, naming the key at fault.
+
+docs/contract.md, "The message" and "The result":
 
 - The message: most cases share one worker run (`answer_cases` in conftest.py): each
   batch of cases is published to a database and queues of its own, answered by one

@@ -1,5 +1,6 @@
-"""Profile data (docs/contract.md, "Profile data" and "Subscriptions"): field types and
-declarations, tags fields, merging writes, and the subscriptions a message lists.
+"""Profile data: field types and declarations, tags fields, merging writes, subscriptions.
+
+docs/contract.md, "Profile data" and "Subscriptions".
 
 Each field case is one message creating a profile of its own; all cases share one
 worker run (`answer_cases` in conftest.py), and each test reads its case's answer and

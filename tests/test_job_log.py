@@ -1,5 +1,6 @@
-"""The job log (README.md, "Operations", "Logging"): every error result in it, and the file
-reopened after logrotate moves it.
+"""The job log: every error result in it, and the file reopened after logrotate moves it.
+
+README.md, "Operations", "Logging".
 
 The throughput and idle lines are checked with the metrics (test_metrics.py); the
 doc's logrotate stanza, run by logrotate itself, in test_operations.py.

@@ -1,5 +1,6 @@
-"""Metrics (README.md, "Operations": "Metrics", and the throughput line of "Logging"): the
-Prometheus endpoint of `run --metrics-port`, and the job log's throughput and idle lines.
+"""Metrics: the Prometheus endpoint of `run --metrics-port`, and the throughput and idle lines.
+
+README.md, "Operations": "Metrics", and the throughput line of "Logging".
 
 The refusals metric is checked with the refusals while running (test_cli.py); the
 other lines of the job log in test_job_log.py.

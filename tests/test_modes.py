@@ -1,6 +1,8 @@
-"""Matching modes (docs/contract.md, "Matching modes"): the table's rows, checked for all
-eleven built-in modes at once: what each mode searches and needs, what it does on no
-match, with update_only and on several matches, and what it reports.
+"""Matching modes: the table of docs/contract.md, "Matching modes", checked for all eleven modes.
+
+What each mode searches and needs, what it does on no match, with update_only and on
+several matches, what it reports, and that a batch applies its messages in order
+across modes.
 
 The modes' own tests are in test_modes_email.py, test_modes_email_phone.py,
 test_modes_custom.py and test_modes_profile_id.py.

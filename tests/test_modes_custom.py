@@ -1,6 +1,7 @@
-"""The custom modes (docs/contract.md, "`custom`" and "`custom_sub`"): matching on a custom
-field of the profile, a tags field included (every given tag must be held), or of
-its subscriptions.
+"""The custom modes: matching on a custom field (a tags field included) or a subscription's.
+
+docs/contract.md, "`custom`" and "`custom_sub`": on a tags field, every given tag must
+be held.
 
 What every mode shares (the table of docs/contract.md, "Matching modes") is checked
 for these modes too in test_modes.py.
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from conftest import Harness, interests_of, msg, ok
+
+# --- custom, on a tags field ------------------------------------------------------------------
 
 
 def by_tags(value: Any, **fields: Any) -> dict[str, Any]:

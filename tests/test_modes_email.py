@@ -1,6 +1,7 @@
-"""The e-mail modes (docs/contract.md, "`email`", "`email_profile`" and "`email_sub`"): an
-address matched trimmed and case-insensitively, in the profile or in e-mail
-subscriptions, unique within a database.
+"""The e-mail modes: an address matched trimmed and case-insensitively, unique per database.
+
+docs/contract.md, "`email`", "`email_profile`" and "`email_sub`": the address is
+searched in the profile or in e-mail subscriptions.
 
 Several messages go into one worker run where the contract's order allows it:
 the worker answers a batch as if its messages came one by one, so a batch of

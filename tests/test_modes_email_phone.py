@@ -1,5 +1,6 @@
-"""The e-mail-or-phone modes (docs/contract.md, "`email_phone`" and "`email_phone_sub`"): an
-e-mail and/or a phone, the e-mail's profile first.
+"""The e-mail-or-phone modes: an e-mail and/or a phone, the e-mail's profile first.
+
+docs/contract.md, "`email_phone`" and "`email_phone_sub`".
 
 What every mode shares (the table of docs/contract.md, "Matching modes") is checked
 for these modes too in test_modes.py.

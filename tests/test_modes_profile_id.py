@@ -1,5 +1,6 @@
-"""The profile_id mode (docs/contract.md, "`profile_id`"): it finds a profile by its id and
-never creates one.
+"""The profile_id mode: it finds a profile by its id and never creates one.
+
+docs/contract.md, "`profile_id`".
 
 What every mode shares (the table of docs/contract.md, "Matching modes") is checked
 for this mode too in test_modes.py; another database's profile id is never found

@@ -1,6 +1,7 @@
-"""The crontab line, the systemd unit and the logrotate stanza of docs/operations.md
-("Running it"), tried for real: each is read from the document, its paths replaced with
-the test's own, and run.
+"""The crontab line, systemd unit and logrotate stanza of docs/operations.md, tried for real.
+
+Each is read from the document ("Running it"), its paths replaced with the test's own,
+and run.
 
 How the command line behaves under them (the lock file, signals, limits, services
 unreachable at start, exit codes) is tested in test_cli.py.

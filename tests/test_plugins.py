@@ -1,5 +1,7 @@
-"""Plugins (docs/writing-a-matcher.md): the registry, refusals at start, schema fragments, the
-single-message form, and the public API `dbimport.api` that plugins import.
+"""Plugins: the registry, refusals at start, schema fragments, and the public API `dbimport.api`.
+
+docs/writing-a-matcher.md: a plugin's registration and its refusals at start, a mode's
+schema fragment, the single-message form, and what plugins may import.
 
 The committed-events hook is tested with the trigger events (test_triggers.py); a real
 third-party package, installed, in test_third_party_plugin.py; the guide's own

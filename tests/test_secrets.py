@@ -1,10 +1,10 @@
-"""Secrets (docs/security.md, "Secrets"): the RabbitMQ password and the DSN's credentials
-never reach a log, an error or a repr.
+"""Secrets: the RabbitMQ password and the DSN's credentials never reach a log, an error or a repr.
 
-Each worker process gets a RABBITMQ_PASS and a POSTGRES_DSN password that are random
-strings (or, read from main.json, fixed ones), is made to fail in a different way, and
-then its stdout, its stderr and its job log are searched for both. (PostgreSQL here trusts local connections, so a DSN
-password is accepted whatever it is: its failures come from unreachable ports.)
+docs/security.md, "Secrets". Each worker process gets a RABBITMQ_PASS and a POSTGRES_DSN
+password that are random strings (or, read from main.json, fixed ones), is made to fail
+in a different way, and then its stdout, its stderr and its job log are searched for
+both. (PostgreSQL here trusts local connections, so a DSN password is accepted whatever
+it is: its failures come from unreachable ports.)
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Trigger events (docs/contract.md, "Trigger events"): recorded with the write, skipped on
-request, told to plugins after commit, never twice.
+"""Trigger events: recorded with the write, skipped on request, told to plugins, never twice.
+
+docs/contract.md, "Trigger events".
 
 Plugins are told through the `dbimport_events_committed` hook (docs/writing-a-matcher.md,
 "The hooks"); a redelivered message is answered from the message log without a
