@@ -85,9 +85,15 @@ CITIES = (
     "Paris", "Lyon", "Berlin", "Hamburg", "Madrid", "Seville", "Rome", "Milan",
     "Vienna", "Prague", "Warsaw", "Lisbon", "Dublin", "Oslo", "Riga", "Sofia",
 )
+# --actions: a fraction of the messages also counts a purchase and adds a tag.
+COUNTER_FIELD = "checks"
+TAGS_FIELD = "interests"
+TAGS = ("t0", "t1", "t2", "t3", "t4")
 SEED_FILE_CONTENT = {"accounts": [{
     "id": ACCOUNT_ID,
-    "databases": [{"id": DB_ID, "name": "Bench", "fields": [{"name": CUSTOM_FIELD, "type": "int"}]}],
+    "databases": [{"id": DB_ID, "name": "Bench", "fields": [
+        {"name": CUSTOM_FIELD, "type": "int"}, {"name": COUNTER_FIELD, "type": "int"},
+        {"name": TAGS_FIELD, "type": "tags"}]}],
     "resources": [{"id": 24, "name": "News", "databases": [DB_ID]}],
 }]}
 
@@ -132,7 +138,16 @@ def update_fields(position: int) -> dict[str, Any]:
     return data
 
 
-def message(position: int, entity: int, mode: str) -> bytes:
+def carries_actions(position: int, actions: float) -> bool:
+    """Whether message `position` carries field actions: a fixed, spread-out `actions` share."""
+    return actions > 0 and (position * 2654435761) % 1000 < actions * 1000
+
+
+def tag_of(position: int) -> str:
+    return TAGS[position % len(TAGS)]
+
+
+def message(position: int, entity: int, mode: str, actions: float = 0.0) -> bytes:
     crm_id = CRM_BASE + entity
     if position % 2 == 0:
         data: dict[str, Any] = {"_fname": f"F{position}", "_lname": f"L{position}", "_city": city(position)}
@@ -143,6 +158,9 @@ def message(position: int, entity: int, mode: str) -> bytes:
             data[CUSTOM_FIELD] = crm_id
     else:
         data = update_fields(position)
+    if carries_actions(position, actions):
+        data[COUNTER_FIELD] = {"action": "incr", "value": 1}
+        data[TAGS_FIELD] = {"action": "add", "value": [tag_of(position)]}
     body: dict[str, Any] = {
         "account_id": ACCOUNT_ID, "db_id": DB_ID, "feedback_id": f"b{position}",
         "matching": mode, "data": data,
@@ -160,11 +178,15 @@ def message(position: int, entity: int, mode: str) -> bytes:
 class Model:
     """What the store must hold after the first `n` messages, kept small enough for
     a million: per message its entity and mode, per entity the position of the
-    message that last set each field (-1: cleared)."""
+    message that last set each field (-1: cleared); with actions, per entity its
+    purchases counted and the tags added, in order (3 bits a tag)."""
 
-    def __init__(self, n: int, seed: int, modes: Sequence[str] = MODES) -> None:
+    def __init__(self, n: int, seed: int, modes: Sequence[str] = MODES, actions: float = 0.0) -> None:
         self.n = n
         self.modes = tuple(modes)
+        self.actions = actions
+        self.checks = array.array("l")
+        self.tags = array.array("q")
         index = {mode: i for i, mode in enumerate(self.modes)}
         self.entity_of = array.array("l")
         self.mode_of = bytearray()
@@ -177,6 +199,12 @@ class Model:
             if position % 2 == 0:
                 for column in (self.fname, self.lname, self.city):
                     column.append(position)
+                self.checks.append(0)
+                self.tags.append(0)
+            if carries_actions(position, actions):
+                self.checks[entity] += 1
+                self.tags[entity] = add_tag(self.tags[entity], TAGS.index(tag_of(position)))
+            if position % 2 == 0:
                 continue
             data = update_fields(position)
             self.city[entity] = position
@@ -205,10 +233,29 @@ class Model:
         }
         if self.fname[entity] >= 0:
             expected["_fname"] = f"F{self.fname[entity]}"
+        if self.checks[entity]:
+            expected[COUNTER_FIELD] = self.checks[entity]
+            expected[TAGS_FIELD] = tags_of(self.tags[entity])
         return expected
 
     def matching_field(self, position: int) -> str:
         return CUSTOM_FIELD if self.modes[self.mode_of[position]] == "custom" else "email"
+
+
+def add_tag(encoded: int, tag: int) -> int:
+    """The tags in the order first added, 3 bits each (tag + 1; 0 ends the list)."""
+    present = [(encoded >> (3 * i)) & 7 for i in range(len(TAGS))]
+    if tag + 1 in present:
+        return encoded
+    return encoded | ((tag + 1) << (3 * present.index(0)))
+
+
+def tags_of(encoded: int) -> list[str]:
+    out = []
+    while encoded:
+        out.append(TAGS[(encoded & 7) - 1])
+        encoded >>= 3
+    return out
 
 
 def entity_of_email(email: str | None) -> int | None:
@@ -351,9 +398,14 @@ class Fill:
         return self.published / self.seconds if self.seconds > 0 else 0.0
 
 
-def fill(services: Services, counts: Sequence[tuple[Target, int]], seed: int, modes: Sequence[str] = MODES) -> Fill:
+def fill(
+    services: Services, counts: Sequence[tuple[Target, int]], seed: int, modes: Sequence[str] = MODES,
+    actions: dict[str, float] | None = None,
+) -> Fill:
     """Publish the stream's first `count` messages to each target's queue, in order:
-    one publisher, persistent messages, one AMQP transaction per PUBLISH_TX_MESSAGES."""
+    one publisher, persistent messages, one AMQP transaction per PUBLISH_TX_MESSAGES.
+    `actions`: the share of messages with field actions, by target label (default 0)."""
+    shares = actions or {}
     longest = max(count for _, count in counts)
     properties = pika.BasicProperties(content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent)
     connection = services.amqp()
@@ -365,10 +417,13 @@ def fill(services: Services, counts: Sequence[tuple[Target, int]], seed: int, mo
             declare_queues(channel, target)
         channel.tx_select()
         for position, entity, mode in plan(longest, seed, modes):
-            body = message(position, entity, mode)
+            bodies: dict[float, bytes] = {}
             for target, count in counts:
                 if position < count:
-                    channel.basic_publish("", target.queue, body, properties)
+                    share = shares.get(target.label.split("_")[0], 0.0)
+                    if share not in bodies:
+                        bodies[share] = message(position, entity, mode, share)
+                    channel.basic_publish("", target.queue, bodies[share], properties)
                     published += 1
                     if published % PUBLISH_TX_MESSAGES == 0:
                         channel.tx_commit()
@@ -1236,6 +1291,7 @@ class Kind:
     role: str
     messages: int
     revision: Revision | None = None
+    actions: float = 0.0  # the share of its messages that carry field actions
 
     def target(self, run_id: str, round_: int, rounds: int) -> Target:
         return Target.named(run_id, self.label if rounds == 1 else f"{self.label}_{round_}")
@@ -1265,6 +1321,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="rounds; each drains every kind once (default 1); medians and spreads are printed")
     parser.add_argument("--compare", action="append", default=[], metavar="REV",
                         help="also drain with the worker of git revision REV (e.g. main, 4403c5b); repeatable")
+    parser.add_argument("--actions", type=share, default=0.0, metavar="F",
+                        help="also drain, with the worker, the same stream where a share F of the messages "
+                        "(e.g. 0.2) also carries field actions (incr of a counter, add of a tag); prints "
+                        "its rate against the plain stream's")
     parser.add_argument("--skip-naive", action="store_true", help="no naive reference drain")
     parser.add_argument("--skip-limit", action="store_true", help="no messaging limit drain")
     parser.add_argument("--keep", action="store_true",
@@ -1296,7 +1356,7 @@ def add_modes_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--modes", type=mode_list, default=MODES, metavar="M1,M2",
         help=f"the matching modes the stream uses (default {','.join(MODES)}); `--modes email` "
-        "is issue 4's reference mix, half creates and half updates by e-mail",
+        "is the e-mail-only reference mix, half creates and half updates by e-mail",
     )
 
 
@@ -1306,6 +1366,13 @@ def mode_list(text: str) -> tuple[str, ...]:
     if not modes or unknown:
         raise argparse.ArgumentTypeError(f"choose among {', '.join(MODES)}")
     return modes
+
+
+def share(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError("must be in (0, 1]")
+    return value
 
 
 def positive(text: str) -> int:
@@ -1372,6 +1439,8 @@ def run(
         f"{'/'.join(args.modes)}" + (f" (custom on {CUSTOM_FIELD})" if "custom" in args.modes else "")
         + f", seed {args.seed}")
     kinds = [Kind("worker", "worker", "worker", n)]
+    if args.actions:
+        kinds.append(Kind(f"worker+actions {args.actions:g}", "actions", "worker", n, actions=args.actions))
     report["compare"] = []
     for i, rev in enumerate(args.compare, 1):
         revision = prepare_revision(rev, workdir / f"rev{i}")
@@ -1387,7 +1456,10 @@ def run(
     say(f"{'cpu:':<8} measured from /proc: {meter.describe()}")
     report["cpu_processes"] = {"rabbitmq": meter.rabbitmq, "rabbitmq_how": meter.rabbitmq_how,
                                "postmaster": meter.postmaster, "postgres_how": meter.postgres_how}
-    models = {count: Model(count, args.seed, args.modes) for count in {k.messages for k in kinds if k.role != "limit"}}
+    models = {
+        (count, share): Model(count, args.seed, args.modes, share)
+        for count, share in {(k.messages, k.actions) for k in kinds if k.role != "limit"}
+    }
     drains: dict[str, list[Drain]] = {k.title: [] for k in kinds}
     verdicts: dict[str, list[Verdict]] = {k.title: [] for k in kinds}
     report["fills"], report["rounds"] = [], []
@@ -1407,6 +1479,11 @@ def run(
         f"worker / {kind.title}": worker_rate / rate if (rate := median_rate(drains[kind.title])) else 0.0
         for kind in kinds if kind.title != "worker"
     }
+    if args.actions:
+        title = kinds[1].title
+        kept = median_rate(drains[title]) / worker_rate if worker_rate else 0.0
+        parts_actions = (f"{title} / worker {kept:.2f} (target >= 0.90: {'PASS' if kept >= 0.9 else 'FAIL'})")
+        report["actions_ratio"] = kept
     rss_mb = max(d.peak_rss_mb for d in drains["worker"])
     rss_pass = rss_mb <= TARGET_RSS_MB
     parts = []
@@ -1417,7 +1494,10 @@ def run(
         report["ratio"] = ratio
     else:
         parts.append("worker / naive n/a (--skip-naive)")
-    parts += [f"{name} {value:.2f}x" for name, value in ratios.items() if name != "worker / naive"]
+    parts += [f"{name} {value:.2f}x" for name, value in ratios.items()
+              if name != "worker / naive" and not name.startswith("worker / worker+actions")]
+    if args.actions:
+        parts.append(parts_actions)
     medians = f" (medians of {args.repeat} rounds)" if args.repeat > 1 else ""
     say(f"{'ratio:':<8} " + ", ".join(parts) + f"{medians}; RSS target <= {TARGET_RSS_MB:g} MB: "
         f"{'PASS' if rss_pass else 'FAIL'}")
@@ -1448,7 +1528,7 @@ def run_round(
             made.databases.append(targets[kind.title].database)
             init_database(services, targets[kind.title], workdir, tree=kind.tree)
     counts = [(targets[kind.title], kind.messages) for kind in order]
-    filled = fill(services, counts, args.seed, args.modes)
+    filled = fill(services, counts, args.seed, args.modes, {kind.label: kind.actions for kind in order})
     say(f"{'fill:':<8} {filled.published} msgs in {filled.seconds:.1f} s = {filled.rate:.0f} msg/s "
         f"(persistent, one publisher, a transaction per {PUBLISH_TX_MESSAGES}; "
         + ", ".join(f"{kind.title} queue {kind.messages}" for kind in order) + ")")
@@ -1484,7 +1564,7 @@ def run_round(
         if kind.role == "limit":
             verdict = verify_count(services, target, kind.messages, kind.title)
         else:
-            verdict = verify(services, target, models[kind.messages], kind.title)
+            verdict = verify(services, target, models[kind.messages, kind.actions], kind.title)
         say(verdict_line(verdict))
         for problem in verdict.problems:
             say(f"         {problem}")
@@ -1494,7 +1574,7 @@ def run_round(
     worker = round_verdicts["worker"]
     for kind in kinds:
         other = round_verdicts[kind.title]
-        if kind.title == "worker" or kind.role == "limit" or kind.messages != args.messages:
+        if kind.title == "worker" or kind.role == "limit" or kind.messages != args.messages or kind.actions:
             continue
         same = worker.digest == other.digest
         say(f"{'check:':<8} worker and {kind.title} stores hold the same profiles (e-mail and fields, "

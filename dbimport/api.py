@@ -30,6 +30,7 @@ from .families import (
     IdentityMatcher,
     field_keys,
     resource_of,
+    subscribed,
     subscription_to,
 )
 from .fields import FieldDecl, Limits, check_value
@@ -44,7 +45,7 @@ from .plugins import ENTRY_POINT_GROUP, Registry, get_plugin_manager
 from .profile_data import ProfileWrite, SubscriptionWrite
 from .worker import RunLimits, Worker
 
-API_VERSION = "1.0"
+API_VERSION = "1.1"
 
 __all__ = [
     # the version of this API
@@ -55,7 +56,7 @@ __all__ = [
     "Found", "Key", "Matcher", "Query",
     # the families the built-in modes are made of
     "EMAIL", "PHONE", "EitherIdentityMatcher", "FieldMatcher", "Identity", "IdentityMatcher",
-    "field_keys", "resource_of", "subscription_to",
+    "field_keys", "resource_of", "subscribed", "subscription_to",
     # reading the store
     "Lookup", "canonical",
     # the declarations a matcher reads

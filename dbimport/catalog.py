@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import Forbidden, NotFound
+from .errors import BadInput, Forbidden, NotFound
 from .fields import FieldDecl, Limits
 
 # A catalog miss (an id or field we do not know) reloads at most this often, so a
@@ -39,6 +39,9 @@ class Database:
     resources: Mapping[int, Resource] = field(default_factory=dict)
     # The limits a value written to (or matched on) its fields is held to.
     limits: Limits = field(default_factory=Limits)
+    # Every resource id of the catalog -> the accounts that have one by that id (one
+    # mapping shared by all databases): what tells a subscription's 400 from its 403.
+    resource_owners: Mapping[int, frozenset[int]] = field(default_factory=dict)
 
     def resource(self, resource_id: int, *, field_name: str = "resource_id") -> Resource:
         """The linked resource; 403 if it is not the account's or not linked here."""
@@ -50,6 +53,23 @@ class Database:
                 field=field_name,
             )
         return found
+
+    def subscription_resource(self, resource_id: int, *, field_name: str) -> Resource:
+        """The linked resource of a subscription in `data`: 400 if it is unknown or not
+        linked to this database, 403 if it is another account's."""
+        found = self.resources.get(resource_id)
+        if found is not None:
+            return found
+        owners = self.resource_owners.get(resource_id, frozenset())
+        if self.account_id in owners:
+            raise BadInput(
+                f"{field_name} {resource_id} is a resource of account {self.account_id} that is not "
+                f"linked to database {self.db_id}",
+                field=field_name,
+            )
+        if owners:
+            raise Forbidden(f"{field_name} {resource_id} is a resource of another account", field=field_name)
+        raise BadInput(f"{field_name} {resource_id}: no such resource", field=field_name)
 
     def subscription_fields(self, resource_id: int | None) -> Mapping[str, FieldDecl]:
         """Subscription custom fields declared by one linked resource, or by all of them."""
@@ -140,6 +160,10 @@ def build_databases(
     db_fields: dict[int, dict[str, FieldDecl]] = {}
     for db_id, name, type_, options in rows["database_fields"]:
         db_fields.setdefault(db_id, {})[name] = FieldDecl(name, type_, tuple(options or ()))
+    owner_sets: dict[int, set[int]] = {}
+    for account_id, resource_id in resources:
+        owner_sets.setdefault(resource_id, set()).add(account_id)
+    owners = {rid: frozenset(accounts) for rid, accounts in owner_sets.items()}
     databases: dict[int, Database] = {}
     for account_id, db_id, name in rows["databases"]:
         linked = {
@@ -147,6 +171,7 @@ def build_databases(
             for (acc, _), res in resources.items()
             if acc == account_id and db_id in res.databases
         }
+
         databases[db_id] = Database(
             account_id=account_id,
             db_id=db_id,
@@ -154,6 +179,7 @@ def build_databases(
             fields=db_fields.get(db_id, {}),
             resources=linked,
             limits=limits,
+            resource_owners=owners,
         )
     return databases
 

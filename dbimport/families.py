@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import normalize
+from .actions import Pending, apply_all
 from .catalog import Database
 from .errors import BadInput
 from .fields import FieldDecl, check_value
@@ -63,6 +64,16 @@ def subscription_to(query: Query, channel: str, address: str, provider: str = ""
     if query.resource_id is None:
         return ProfileWrite()
     return ProfileWrite(subscriptions=[SubscriptionWrite(query.resource_id, channel, provider, address)])
+
+
+def subscribed(created: ProfileWrite, query: Query, channel: str, address: str, provider: str = "") -> bool:
+    """Whether `created` holds a subscription on `channel` with `address` (to the
+    query's resource, if it names one)."""
+    return any(
+        sub.channel == channel and sub.address == address and sub.provider == provider
+        and (query.resource_id is None or sub.resource_id == query.resource_id)
+        for sub in created.subscriptions
+    )
 
 
 def union(groups: Iterable[Iterable[str]]) -> set[str]:
@@ -117,6 +128,11 @@ class IdentityMatcher(Matcher):
         if self.in_profile:
             return ProfileWrite(values={self.identity.profile_field: self.identity.profile_value(value)})
         return subscription_to(query, self.identity.channel, value)
+
+    def would_find(self, query: Query, created: ProfileWrite) -> bool:
+        if self.in_profile:
+            return True
+        return subscribed(created, query, self.identity.channel, query.values[self.identity.key])
 
 
 class EitherIdentityMatcher(Matcher):
@@ -179,6 +195,14 @@ class EitherIdentityMatcher(Matcher):
         if second:
             return Found.of(second, key_second)
         return Found.of((), query.matching_field)  # none: the key the profile is created by
+
+    def would_find(self, query: Query, created: ProfileWrite) -> bool:
+        if self.in_profile:
+            return True
+        return any(
+            subscribed(created, query, i.channel, query.values[i.key])
+            for i in self.identities if query.values[i.key] is not None
+        )
 
     def new_profile(self, query: Query) -> ProfileWrite:
         write = ProfileWrite()
@@ -269,6 +293,23 @@ class FieldMatcher(Matcher):
         if self.of_subscriptions:
             return ProfileWrite()
         return ProfileWrite(values={query.values["field_name"]: query.values["field_value"]})
+
+    def would_find(self, query: Query, created: ProfileWrite) -> bool:
+        if not self.of_subscriptions:
+            return True
+        name, wanted = query.values["field_name"], query.values["field_value"]
+        for sub in created.subscriptions:
+            if query.resource_id is not None and sub.resource_id != query.resource_id:
+                continue
+            held = sub.values.get("custom_fields", {}).get(name)
+            if isinstance(held, Pending):
+                held = apply_all(None, held)  # a new subscription's fields start empty
+            if isinstance(wanted, list) and isinstance(held, list):
+                if set(wanted) <= set(held):
+                    return True
+            elif held is not None and canonical(held) == canonical(wanted):
+                return True
+        return False
 
 
 def field_keys(kind: str, value: Any) -> tuple[Key, ...]:

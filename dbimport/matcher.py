@@ -106,5 +106,13 @@ class Matcher(abc.ABC):
         the match value, so that the next message finds it."""
         return ProfileWrite()
 
+    def would_find(self, query: Query, created: ProfileWrite) -> bool:
+        """Whether `query` would find a profile created with `created` (`new_profile`
+        under the message's data) again. A create that would not is refused (400
+        naming resource_id): an import never leaves a profile no message can reach.
+        A mode whose `new_profile` writes the match value into the profile needs
+        no override."""
+        return True
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} mode={self.name!r}>"

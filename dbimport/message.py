@@ -39,6 +39,7 @@ class Envelope:
     feedback_id: str
     update_only: bool
     skip_triggers: bool
+    skip_invalid_subscriptions: bool
     resource_id: int | None
 
 
@@ -187,6 +188,7 @@ class MessageValidator:
             feedback_id=message.get("feedback_id", ""),
             update_only=bool(message.get("update_only", False)),
             skip_triggers=bool(message.get("skip_triggers", False)),
+            skip_invalid_subscriptions=bool(message.get("skip_invalid_subscriptions", False)),
             resource_id=None if resource_id is None else int(resource_id),
         )
 

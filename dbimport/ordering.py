@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from .actions import Pending
 from .lookup import canonical
 from .matcher import Found, Key, Query
 from .profile_data import ProfileWrite, SubscriptionWrite
@@ -29,29 +30,42 @@ class Effects:
     """The identity values a message matches on, writes, and changes.
 
     `changes` holds the kinds it sets to something other than the value it
-    matched on: the profile's old value of that kind may disappear.
+    matched on: the profile's old value of that kind may disappear. `unknown`
+    holds the kinds it writes a value of that is not known before commit (an
+    `incr` of a matchable field): any look-up of such a kind may be affected.
     """
 
     reads: frozenset[Key]
     writes: frozenset[Key]
     changes: frozenset[str]
+    unknown: frozenset[str] = frozenset()
+
+
+# A written value known only when the write commits (the result of an action).
+UNKNOWN = object()
 
 
 def effects(query: Query, write: ProfileWrite) -> Effects:
     reads = frozenset(query.keys)
     writes: set[Key] = set()
     changes: set[str] = set()
+    unknown: set[str] = set()
     for kind, value in written_identities(write):
-        exact = None if value is None else Key(kind, value)
+        if value is UNKNOWN:
+            unknown.add(kind)
+            changes.add(kind)
+            continue
+        exact = None if value is None else Key(kind, str(value))
         if exact is not None:
             writes.add(exact)
         if exact not in reads:
             changes.add(kind)
-    return Effects(reads, frozenset(writes), frozenset(changes))
+    return Effects(reads, frozenset(writes), frozenset(changes), frozenset(unknown))
 
 
-def written_identities(write: ProfileWrite) -> Iterable[tuple[str, str | None]]:
-    """(kind, canonical value) of each identity value a write sets; None clears one.
+def written_identities(write: ProfileWrite) -> Iterable[tuple[str, object]]:
+    """(kind, canonical value) of each identity value a write sets; None clears one,
+    UNKNOWN is one known only at commit.
 
     System fields (`_fname`...) are no identity: no matcher searches them.
     """
@@ -59,6 +73,9 @@ def written_identities(write: ProfileWrite) -> Iterable[tuple[str, str | None]]:
         if name == "email":
             yield "email", value
         elif name == "phones":
+            if isinstance(value, Pending):
+                yield from pending_identities("phone", value, canonical=str)
+                continue
             if not value:
                 yield "phone", None
             for phone in value or ():
@@ -72,9 +89,24 @@ def written_identities(write: ProfileWrite) -> Iterable[tuple[str, str | None]]:
             yield from field_identities(f"subscription_field:{name}", value)
 
 
-def field_identities(kind: str, value: Any) -> Iterable[tuple[str, str | None]]:
+def pending_identities(kind: str, pending: Pending, *, canonical: Any) -> Iterable[tuple[str, object]]:
+    """What actions do to identities: an added element is written, a deleted one is a
+    change, an increment's result is unknown until commit."""
+    for op in pending.ops:
+        if op.name == "add":
+            for element in op.value:
+                yield kind, canonical(element)
+        elif op.name == "delete":
+            yield kind, None
+        elif op.name == "incr":
+            yield kind, UNKNOWN
+
+
+def field_identities(kind: str, value: Any) -> Iterable[tuple[str, object]]:
     """A custom field's identity values: one per tag of a tags value (as `custom` keys them)."""
-    if value is None or value == []:
+    if isinstance(value, Pending):
+        yield from pending_identities(kind, value, canonical=canonical)
+    elif value is None or value == []:
         yield kind, None
     elif isinstance(value, list) and all(isinstance(v, str) for v in value):
         for tag in value:
@@ -118,11 +150,14 @@ class Segment(Generic[J]):
     _writes: set[Key] = field(default_factory=set)
     _unique_writes: set[Key] = field(default_factory=set)
     _changed: dict[str, set[str]] = field(default_factory=dict)
+    _unknown: set[str] = field(default_factory=set)
 
     def conflicts(self, job: J, found: Found) -> bool:
         """Whether `job`'s look-up or write could be affected by this segment's writes."""
         e = job.effects
         if not e.reads.isdisjoint(self._writes) or not e.writes.isdisjoint(self._unique_writes):
+            return True
+        if self._unknown and any(key.kind in self._unknown for key in e.reads):
             return True
         return any(
             not found.profile_ids.isdisjoint(self._changed.get(key.kind, ())) for key in e.reads
@@ -131,14 +166,21 @@ class Segment(Generic[J]):
     def add(self, job: J, found: Found) -> None:
         e = job.effects
         self.jobs.append(job)
-        writes = set(e.writes)
-        if not found.profile_ids and job.may_create:
-            writes |= e.reads  # the profile it creates holds its match values
+        writes = _written(job, found)  # a profile it creates holds its match values
         self._writes |= writes
         self._unique_writes |= _unique(writes)
+        self._unknown |= e.unknown
         if e.changes and len(found.profile_ids) == 1:
             for kind in e.changes:
                 self._changed.setdefault(kind, set()).update(found.profile_ids)
+
+
+def _written(job: Ordered, found: Found) -> set[Key]:
+    """The keys a message writes: its writes, and its match values if it creates."""
+    writes = set(job.effects.writes)
+    if not found.profile_ids and job.may_create:
+        writes |= job.effects.reads
+    return writes
 
 
 def next_segment(pending: Sequence[J], found: dict[int, Found]) -> Segment[J]:

@@ -117,6 +117,10 @@ class Pipeline:
         except WriteRace as exc:
             log.warning("batch kept racing (%s); handling its messages one by one", exc)
             batch = self._one_by_one(deliveries, sleep)
+        except BadInput as exc:
+            # Found only at commit (an increment out of its field's range): one message's fault.
+            log.warning("batch refused at commit (%s); handling its messages one by one", exc)
+            batch = self._one_by_one(deliveries, sleep)
         except (Transient, Refused):
             raise
         except Exception as exc:
@@ -225,7 +229,10 @@ class Pipeline:
         if envelope.resource_id is not None:
             db.resource(envelope.resource_id)
         query = matcher.prepare(envelope.body, db)
-        write = check_data(envelope.data, db, self.limits, max_subscriptions=self.settings.max_subscriptions)
+        write = check_data(
+            envelope.data, db, self.limits, max_subscriptions=self.settings.max_subscriptions,
+            skip_invalid_subscriptions=envelope.skip_invalid_subscriptions,
+        )
         return query, write
 
     def _internal_failure(self, delivery: Delivery, failure: _Internal) -> Outcome:

@@ -1,6 +1,7 @@
 """The result: the one JSON answer every consumed message gets."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -23,8 +24,10 @@ class Result:
     profile_id: str
 
     @classmethod
-    def ok(cls, *, feedback_id: str, matching_field: str, profile_id: str) -> Result:
-        return cls(OK, "", feedback_id, matching_field, profile_id)
+    def ok(cls, *, feedback_id: str, matching_field: str, profile_id: str, left_out: Sequence[str] = ()) -> Result:
+        """Written; `left_out` names the invalid subscriptions skip_invalid_subscriptions skipped."""
+        text = one_line("left out invalid subscriptions: " + "; ".join(left_out)) if left_out else ""
+        return cls(OK, text, feedback_id, matching_field, profile_id)
 
     @classmethod
     def failed(cls, exc: BadInput, *, feedback_id: str, matching_field: str = "") -> Result:

@@ -8,6 +8,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from . import events as ev
+from .actions import Pending, apply_all, compose
 from .events import TriggerEvent
 from .profile_data import DEFAULT_SUBSCRIPTION_STATUS, ProfileWrite, SubscriptionWrite
 
@@ -30,8 +31,10 @@ class Rows:
 
 
 def payload(write: ProfileWrite) -> dict[str, Any]:
-    """A profile event's payload: the fields written, and the subscriptions' keys."""
-    payload: dict[str, Any] = {"fields": write.values}
+    """A profile event's payload: the fields written (an action as the message gave
+    it), and the subscriptions' keys."""
+    fields = {k: v.as_payload() if isinstance(v, Pending) else v for k, v in write.values.items()}
+    payload: dict[str, Any] = {"fields": fields}
     if write.subscriptions:
         payload["subscriptions"] = [
             {"resource_id": s.resource_id, "channel": s.channel, "provider": s.provider, "address": s.address}
@@ -41,8 +44,11 @@ def payload(write: ProfileWrite) -> dict[str, Any]:
 
 
 def stage_profile(rows: Rows, profile_id: str, merged: ProfileWrite, *, new: bool) -> None:
-    """A new profile's row, or an update that sets, clears and keeps fields."""
+    """A new profile's row, or an update that sets, clears, keeps fields and applies
+    actions to the stored values (`ops`, in the UPDATE itself)."""
     values = merged.values
+    if new:  # a new profile starts from empty fields: its actions apply here
+        values = {k: apply_all(None, v) if isinstance(v, Pending) else v for k, v in values.items()}
     fields = {k: v for k, v in values.items() if k not in PROFILE_COLUMNS}
     if new:
         rows.new_profiles.append((
@@ -52,12 +58,20 @@ def stage_profile(rows: Rows, profile_id: str, merged: ProfileWrite, *, new: boo
             Jsonb({k: v for k, v in fields.items() if v is not None}),
         ))
         return
+    plain = {k: v for k, v in fields.items() if not isinstance(v, Pending)}
     doc: dict[str, Any] = {
-        "set": {k: v for k, v in fields.items() if v is not None},
-        "clear": [k for k, v in fields.items() if v is None],
+        "set": {k: v for k, v in plain.items() if v is not None},
+        "clear": [k for k, v in plain.items() if v is None],
     }
+    ops = {k: v.as_json() for k, v in fields.items() if isinstance(v, Pending)}
+    if ops:
+        doc["ops"] = ops
     for column in PROFILE_COLUMNS:
-        if column in values:
+        if column not in values:
+            continue
+        if isinstance(values[column], Pending):
+            doc[f"{column}_ops"] = values[column].as_json()
+        else:
             doc[column] = values[column]
     rows.profile_updates.append((profile_id, Jsonb(doc)))
 
@@ -77,7 +91,12 @@ def stage_subscription(
     entry = staged.setdefault(key, {"profile_id": profile_id, "custom_fields": {}})
     for name, value in sub.values.items():
         if name == "custom_fields":
-            entry["custom_fields"].update(value)
+            custom = entry["custom_fields"]
+            for field_name, field_value in value.items():
+                # A new subscription starts from empty custom fields; an update's
+                # actions apply to the stored ones.
+                known = staged is rows.new_subscriptions or field_name in custom
+                custom[field_name] = compose(custom.get(field_name), field_value, known=known)
         else:
             entry[name] = value
     if is_new:
@@ -143,8 +162,11 @@ def subscription_columns(staged: dict[SubscriptionKey, dict[str, Any]], *, new: 
             entry = dict(staged[k])
             custom = entry.pop("custom_fields")
             entry.pop("profile_id")
-            entry["cf_set"] = {n: v for n, v in custom.items() if v is not None}
+            entry["cf_set"] = {n: v for n, v in custom.items() if v is not None and not isinstance(v, Pending)}
             entry["cf_clear"] = [n for n, v in custom.items() if v is None]
+            cf_ops = {n: v.as_json() for n, v in custom.items() if isinstance(v, Pending)}
+            if cf_ops:
+                entry["cf_ops"] = cf_ops
             docs.append(Jsonb(entry))
         columns.append(docs)
     return columns
@@ -153,11 +175,16 @@ def subscription_columns(staged: dict[SubscriptionKey, dict[str, Any]], *, new: 
 _UPDATE_PROFILES = """
 UPDATE profiles AS p SET
     email = CASE WHEN u.doc ? 'email' THEN u.doc->>'email' ELSE p.email END,
-    phones = CASE WHEN NOT u.doc ? 'phones' THEN p.phones
+    phones = CASE WHEN u.doc ? 'phones_ops' THEN dbimport_apply_phones(p.phones, u.doc->'phones_ops')
+                  WHEN NOT u.doc ? 'phones' THEN p.phones
                   WHEN jsonb_typeof(u.doc->'phones') = 'array'
                   THEN ARRAY(SELECT jsonb_array_elements_text(u.doc->'phones'))
                   ELSE '{}' END,
-    fields = (p.fields || (u.doc->'set')) - ARRAY(SELECT jsonb_array_elements_text(u.doc->'clear')),
+    fields = CASE WHEN u.doc ? 'ops'
+                  THEN dbimport_apply_fields((p.fields || (u.doc->'set'))
+                       - ARRAY(SELECT jsonb_array_elements_text(u.doc->'clear')), u.doc->'ops')
+                  ELSE (p.fields || (u.doc->'set')) - ARRAY(SELECT jsonb_array_elements_text(u.doc->'clear'))
+             END,
     updated_at = now()
 FROM unnest(%b::text[], %b::jsonb[]) AS u(profile_id, doc)
 WHERE p.db_id = %s AND p.profile_id = u.profile_id
@@ -177,8 +204,12 @@ _UPDATE_SUBSCRIPTIONS = """
 UPDATE subscriptions AS s SET
     status = coalesce(u.doc->>'status', s.status),
     priority = CASE WHEN u.doc ? 'priority' THEN (u.doc->>'priority')::bigint ELSE s.priority END,
-    custom_fields = (s.custom_fields || (u.doc->'cf_set'))
-                    - ARRAY(SELECT jsonb_array_elements_text(u.doc->'cf_clear')),
+    custom_fields = CASE WHEN u.doc ? 'cf_ops'
+                         THEN dbimport_apply_fields((s.custom_fields || (u.doc->'cf_set'))
+                              - ARRAY(SELECT jsonb_array_elements_text(u.doc->'cf_clear')), u.doc->'cf_ops')
+                         ELSE (s.custom_fields || (u.doc->'cf_set'))
+                              - ARRAY(SELECT jsonb_array_elements_text(u.doc->'cf_clear'))
+                    END,
     cats = CASE WHEN NOT u.doc ? 'cats' THEN s.cats
                 WHEN jsonb_typeof(u.doc->'cats') = 'array'
                 THEN ARRAY(SELECT jsonb_array_elements_text(u.doc->'cats'))

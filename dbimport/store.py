@@ -16,6 +16,7 @@ from psycopg.types.json import set_json_dumps, set_json_loads
 
 from .config import redact_dsn
 from .errors import (
+    BadInput,
     DatabaseRefused,
     DatabaseUnavailable,
     DbimportError,
@@ -50,6 +51,9 @@ _RACES = (
 _OUTAGE_CLASSES = ("08", "53", "57", "58")
 
 
+# How dbimport_apply (migrations/0002_field_actions.sql) starts the text of an error
+# that is the message's fault.
+BAD_ACTION_PREFIX = "dbimport: "
 # SQLSTATEs of a refusal: invalid authorization, no such database, insufficient privilege.
 _REFUSAL_CLASSES = ("28",)
 _NO_DATABASE = "3D000"
@@ -78,6 +82,10 @@ def translate(exc: BaseException, dsn: str = "") -> BaseException:
         refused = refusal(exc, dsn)
         if refused is not None:
             return refused
+        if isinstance(exc, psycopg.errors.NumericValueOutOfRange) and str(exc).startswith(BAD_ACTION_PREFIX):
+            # A field action's result out of its type's range, found at commit.
+            text = first_line(exc)[len(BAD_ACTION_PREFIX):]
+            return BadInput(text, field=text.split(":", 1)[0])
     if isinstance(exc, _RACES):
         return WriteRace(f"{type(exc).__name__}: {exc}".strip())
     if isinstance(exc, psycopg.InterfaceError):

@@ -123,8 +123,12 @@ def _apply_segment(
         _claim(conn, lookup.db_id, [key for job in to_create for key in job.query.keys])
         found.update(_find(lookup, to_create))
         for job in _sort_out(to_create, found, targets, outcome):
+            seed = job.matcher.new_profile(job.query)
+            if not job.matcher.would_find(job.query, job.write.under(seed)):
+                outcome.results[job.index] = _failed(job, _unreachable(job), found[job.index])
+                continue
             new_id = new_profile_id()
-            targets[new_id] = _Target(new_id, new=True, jobs=[job], seed=job.matcher.new_profile(job.query))
+            targets[new_id] = _Target(new_id, new=True, jobs=[job], seed=seed)
     for target in targets.values():
         target.jobs.sort(key=lambda j: j.index)
     subscriptions = _lock_subscriptions(conn, lookup.db_id, targets)
@@ -185,6 +189,15 @@ def _decide(job: Job, found: Found) -> str | BadInput | None:
             field=found.matching_field,
         )
     return None
+
+
+def _unreachable(job: Job) -> BadInput:
+    return BadInput(
+        f"resource_id: matching mode {job.matcher.name!r} searches subscriptions, and the profile this "
+        "message would create has none to find it by again; give resource_id (the new profile is "
+        "subscribed to it), or a subscription in data.subscriptions that carries the match value",
+        field="resource_id",
+    )
 
 
 def _failed(job: Job, exc: BadInput, found: Found) -> Result:
@@ -345,6 +358,7 @@ def _write(
                 feedback_id=job.feedback_id,
                 matching_field=found[job.index].matching_field,
                 profile_id=target.profile_id,
+                left_out=job.write.left_out,
             )
             outcome.created += created
             outcome.updated += not created

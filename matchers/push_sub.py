@@ -15,6 +15,7 @@ from dbimport.api import (
     Query,
     normalize_text,
     resource_of,
+    subscribed,
     subscription_to,
 )
 
@@ -43,6 +44,9 @@ class PushSubMatcher(Matcher):
             resource_ids=[q.resource_id for q in queries], providers=[q.values["provider"] for q in queries],
         )
         return [Found.of(ids, "subscription_id") for ids in found]
+
+    def would_find(self, query: Query, created: ProfileWrite) -> bool:
+        return subscribed(created, query, "push", query.values["subscription_id"], query.values["provider"])
 
     def new_profile(self, query: Query) -> ProfileWrite:
         return subscription_to(query, "push", query.values["subscription_id"], provider=query.values["provider"])

@@ -7,7 +7,8 @@ docs/contract.md, "The message" and "The result":
   in-process worker, and every parametrized test then reads the result at its case's
   position (results come back in publish order).
 - Tenancy: a database or resource that is not the account's is 403, an unknown
-  database 404 (docs/contract.md, "Tenancy: 403 and 404").
+  database 404; a subscription in data to an unknown or unlinked resource is 400
+  (docs/contract.md, "Tenancy: 403 and 404").
 - The result: its keys, its values, and its AMQP properties; a result that cannot be
   built or encoded is that message's 500 and a dead letter, never an outage (no message
   can stall the queue; docs/operations.md, "Poison messages and dead letters").
@@ -267,10 +268,15 @@ TENANCY = [
          msg(email="t9@example.com", feedback_id="t9", data={"subscriptions": [
              {"resource_id": 30, "channel": "email", "email": "t9@example.com"}]}),
          403, "data.subscriptions[0].resource_id"),
+    # A subscription in data is a value like any other: an unlinked or unknown resource is 400.
     Case("subscription-to-an-unlinked-resource",
          msg(email="t10@example.com", feedback_id="t10", data={"subscriptions": [
              {"resource_id": 26, "channel": "email", "email": "t10@example.com"}]}),
-         403, "data.subscriptions[0].resource_id"),
+         400, "data.subscriptions[0].resource_id"),
+    Case("subscription-to-an-unknown-resource",
+         msg(email="t11@example.com", feedback_id="t11", data={"subscriptions": [
+             {"resource_id": 99, "channel": "email", "email": "t11@example.com"}]}),
+         400, "data.subscriptions[0].resource_id"),
     Case("own-db-3", msg(account_id=2, db_id=3, email="t8@example.com", feedback_id="t8"), 0),
 ]
 

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 import pytest
 
-from conftest import RESULT_KEYS, Harness
+from conftest import BUILT_IN_MODES, RESULT_KEYS, Harness
 from dbimport.plugins import Registry, get_plugin_manager
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -268,8 +268,9 @@ def test_given_the_contract_examples_when_run_in_order_then_each_gets_its_docume
 
 
 def test_the_contract_examples_cover_every_built_in_mode_and_every_error_code(contract: Contract) -> None:
-    built_in = {mode for mode, matcher in Registry(get_plugin_manager()).items()
-                if type(matcher).__module__.startswith("dbimport.matchers.")}
+    registrations = Registry(get_plugin_manager()).registrations()
+    built_in = {r.matcher.name for r in registrations if r.plugin.startswith("dbimport.matchers.")}
+    assert built_in == set(BUILT_IN_MODES)
     modes = {
         example.body.get("matching", "email")
         for example in contract.examples
@@ -279,8 +280,8 @@ def test_the_contract_examples_cover_every_built_in_mode_and_every_error_code(co
     codes = {example.expected["error"] for example in contract.examples}
     assert REQUIRED_CODES - codes == set(), "error codes without an example"
     flags = {key for example in contract.examples if isinstance(example.body, dict)
-             for key in ("update_only", "skip_triggers") if example.body.get(key) is True}
-    assert flags == {"update_only", "skip_triggers"}
+             for key in ("update_only", "skip_triggers", "skip_invalid_subscriptions") if example.body.get(key) is True}
+    assert flags == {"update_only", "skip_triggers", "skip_invalid_subscriptions"}
 
 
 def test_the_examples_seed_is_part_of_the_test_seed() -> None:

@@ -459,9 +459,9 @@ def test_subscription_values_are_checked_and_the_error_names_them(harness: Harne
     assert counts(harness) == (0, 0, 0)
 
 
-def test_subscription_to_a_resource_of_another_account_or_unlinked_is_403(harness: Harness) -> None:
-    """Resource 30 is account 2's, 26 is linked to no database, 25 is not linked to
-    database 2: 403 naming the subscription's resource_id, nothing written."""
+def test_a_subscription_to_another_accounts_resource_is_403_and_to_an_unlinked_one_400(harness: Harness) -> None:
+    """Resource 30 is account 2's (403); 26 is linked to no database and 25 is not linked
+    to database 2 (400): each names the subscription's resource_id, nothing written."""
     results = harness.import_(
         subscribe({"resource_id": 30, "channel": "email", "email": "a@example.com"}),
         subscribe({"resource_id": 26, "channel": "email", "email": "a@example.com"}),
@@ -469,9 +469,80 @@ def test_subscription_to_a_resource_of_another_account_or_unlinked_is_403(harnes
         subscribe({"resource_id": 24, "channel": "email", "email": "a@example.com"},
                   {"resource_id": 30, "channel": "sms", "phone": "+79000000011"}),
     )
-    assert [(r["error"], r["profile_id"]) for r in results] == [(403, "")] * 4
+    assert [(r["error"], r["profile_id"]) for r in results] == [(403, ""), (400, ""), (400, ""), (403, "")]
     assert [r["error_text"].split()[0] for r in results] == [
         "data.subscriptions[0].resource_id", "data.subscriptions[0].resource_id",
         "data.subscriptions[0].resource_id", "data.subscriptions[1].resource_id",
     ]
     assert counts(harness) == (0, 0, 0)
+
+
+# --- skip_invalid_subscriptions (docs/contract.md, "Subscriptions"): with it, invalid
+# subscriptions are left out and named in error_text; without it, the message is 400
+# (403 for another account's resource) and nothing is written. ----------------------------
+
+
+VALID_SUBSCRIPTION = {"resource_id": 24, "channel": "email", "email": "ok@example.com"}
+# Each kind of invalid subscription, the code it gets without the flag, and what the text names.
+INVALID_SUBSCRIPTIONS: dict[str, tuple[dict[str, Any], int, str]] = {
+    "bad address": ({"resource_id": 24, "channel": "email", "email": "not-an-address"}, 400,
+                    "data.subscriptions[1].email is not a valid e-mail address"),
+    "unknown resource": ({"resource_id": 99, "channel": "email", "email": "a@example.com"}, 400,
+                         "data.subscriptions[1].resource_id 99: no such resource"),
+    "resource not linked": ({"resource_id": 26, "channel": "email", "email": "a@example.com"}, 400,
+                            "data.subscriptions[1].resource_id 26 is a resource of account 1 that is not linked"),
+    "another account's resource": ({"resource_id": 30, "channel": "email", "email": "a@example.com"}, 403,
+                                   "data.subscriptions[1].resource_id 30 is a resource of another account"),
+    "bad custom field": ({"resource_id": 24, "channel": "email", "email": "a@example.com",
+                          "custom_fields": {"level": "high"}}, 400,
+                         "data.subscriptions[1].custom_fields.level must be an integer"),
+    "undeclared custom field": ({"resource_id": 24, "channel": "email", "email": "a@example.com",
+                                 "custom_fields": {"colour": "red"}}, 400,
+                                "data.subscriptions[1].custom_fields.colour is not a field declared"),
+}
+
+
+def skipping_message(kind: str, *, skip: bool | None) -> dict[str, Any]:
+    extra = {} if skip is None else {"skip_invalid_subscriptions": skip}
+    invalid = INVALID_SUBSCRIPTIONS[kind][0]
+    return msg(email="p@example.com", feedback_id=kind, data={"_fname": "Pat", "subscriptions": [VALID_SUBSCRIPTION, invalid]},
+               **extra)
+
+
+@pytest.mark.parametrize("kind", sorted(INVALID_SUBSCRIPTIONS))
+def test_with_the_flag_the_profile_and_valid_subscriptions_are_written_and_the_invalid_one_named(
+    harness: Harness, kind: str,
+) -> None:
+    [result] = harness.import_(skipping_message(kind, skip=True))
+    assert result["error"] == 0, result
+    assert result["error_text"].startswith("left out invalid subscriptions: "), result
+    assert INVALID_SUBSCRIPTIONS[kind][2] in result["error_text"], result
+    assert harness.rows("SELECT fields->>'_fname' FROM profiles WHERE profile_id = %s", result["profile_id"]) == [
+        ("Pat",)]
+    assert harness.rows("SELECT resource_id, address FROM subscriptions") == [(24, "ok@example.com")]
+
+
+@pytest.mark.parametrize("skip", [False, None], ids=["false", "absent"])
+@pytest.mark.parametrize("kind", sorted(INVALID_SUBSCRIPTIONS))
+def test_without_the_flag_the_message_is_refused_and_nothing_is_written(
+    harness: Harness, kind: str, skip: bool | None,
+) -> None:
+    [result] = harness.import_(skipping_message(kind, skip=skip))
+    _invalid, code, names = INVALID_SUBSCRIPTIONS[kind]
+    assert (result["error"], result["profile_id"]) == (code, ""), result
+    assert names in result["error_text"], result
+    assert counts(harness) == (0, 0, 0)
+
+
+def test_every_invalid_subscription_of_a_message_is_named(harness: Harness) -> None:
+    subscriptions = [VALID_SUBSCRIPTION, INVALID_SUBSCRIPTIONS["bad address"][0], INVALID_SUBSCRIPTIONS["another account's resource"][0]]
+    [result] = harness.import_(msg(email="p@example.com", skip_invalid_subscriptions=True,
+                                   data={"subscriptions": subscriptions}))
+    assert result["error"] == 0
+    assert "data.subscriptions[1].email" in result["error_text"]
+    assert "data.subscriptions[2].resource_id" in result["error_text"]
+
+
+def test_the_flag_must_be_true_or_false(harness: Harness) -> None:
+    [result] = harness.import_(msg(email="p@example.com", skip_invalid_subscriptions="yes"))
+    assert result["error"] == 400 and "skip_invalid_subscriptions" in result["error_text"], result

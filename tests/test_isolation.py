@@ -116,8 +116,11 @@ def test_a_value_held_in_another_database_creates_a_profile_of_its_own(harness: 
     [victim_id] = planted(harness, victim(2))
     db2_before = [row for row in state(harness)["profiles"] if row[0] == 2]
     message = msg(matching=mode, feedback_id=mode, data={"_lname": "Own"}, **ALL_MODES[mode])
-    if mode in ("email_sub", "phone_sub", "push_sub", "custom_sub"):
+    if mode in ("email_sub", "phone_sub", "push_sub", "email_phone_sub"):
         message["resource_id"] = 24  # linked to both databases: the look-up is still per database
+    if mode == "custom_sub":  # the new profile's subscription carries the value (docs/contract.md)
+        message["data"]["subscriptions"] = [{"resource_id": 24, "channel": "email", "email": "own@example.com",
+                                             "custom_fields": {"loyalty_card": ALL_MODES[mode]["field_value"]}}]
     [result] = harness.import_(message)
     if mode == "profile_id":
         assert result["error"] == 404, result
@@ -172,8 +175,10 @@ def test_another_accounts_database_is_refused_in_every_mode(harness: Harness, mo
 def test_a_foreign_or_unlinked_resource_is_refused_in_every_mode(harness: Harness, mode: str) -> None:
     """Given account 2's resource 30 (holding account 2's subscriptions), resource 26
     (account 1's, linked nowhere) and resource 25 (linked to database 1, not 2), when a
-    message of database 2 names any of them as resource_id or in data.subscriptions,
-    then it gets 403 naming the key, and nothing changes."""
+    message of database 2 names any of them as resource_id, then it gets 403 naming the
+    key; in data.subscriptions, another account's resource is 403 too and one of the
+    account's that is not linked to the database 400 (a subscription is a value of the
+    data); and nothing changes."""
     planted(harness, victim(3, account_id=2, resource_id=30), victim(2))
     before = state(harness)
     messages = []
@@ -185,8 +190,10 @@ def test_a_foreign_or_unlinked_resource_is_refused_in_every_mode(harness: Harnes
                                "status": "unsubscribed"}]}))
     results = harness.import_(*messages)
     for message, result in zip(messages, results):
-        assert (result["error"], result["profile_id"]) == (403, ""), (message, result)
-        key = "resource_id" if "resource_id" in message else "data.subscriptions[0].resource_id"
+        in_data = "resource_id" not in message
+        code = 400 if in_data and message["feedback_id"] != "sub-30" else 403
+        assert (result["error"], result["profile_id"]) == (code, ""), (message, result)
+        key = "data.subscriptions[0].resource_id" if in_data else "resource_id"
         assert key in result["error_text"], result
     assert state(harness) == before
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from conftest import BUILT_IN_MODES, Harness, counts, msg, ok
 
 # --- on no match: create, holding the match value; the next message finds it ---------
@@ -83,8 +85,6 @@ CREATES = [
     # The subscription-only modes write the value as a subscription to resource_id, not into the profile.
     Creates("email_sub", {"email": "Ann{i}@Example.com", "resource_id": 24}, {"email": " ann{i}@example.COM "},
             ("email", "email"), Stored(subscriptions=frozenset({EMAIL_SUB}))),
-    Creates("email_sub", {"email": "Ann{i}@Example.com"}, {"email": "ann{i}@example.com"},
-            ("email", "email"), Stored()),  # no resource_id: nothing to subscribe to; found by nothing
     Creates("phone", {"phone": "+7 (900) 1{i:02d}-22-33"}, {"phone": "+7.900.1{i:02d}.22.33"}, ("phone", "phone"),
             Stored(phones=(ANN_PHONE,))),
     Creates("phone_sub", {"phone": "+7 900 1{i:02d}-22-33", "resource_id": 24}, {"phone": "7(900)1{i:02d}2233"},
@@ -118,24 +118,23 @@ def test_no_match_creates_a_profile_holding_the_match_value_that_the_next_messag
     """Given an empty database, when a row's message matches nothing, then a profile is
     created holding the match value (in the profile, or as a subscription to
     resource_id for the subscription-only modes); a second message, with the value
-    written differently, finds that same profile and adds to it."""
+    written differently, finds that same profile and adds to it. (A create that nothing
+    could find again is refused: see "no unreachable profiles" below.)"""
     first = ok(harness.import_(*(c.message(c.first, i, _fname=f"first{i}") for i, c in enumerate(CREATES))))
     again = harness.import_(*(c.message(c.again, i, _lname=f"again{i}") for i, c in enumerate(CREATES)))
     stored = stored_profiles(harness)
 
     wrong = []
     for i, (case, one, two) in enumerate(zip(CREATES, first, again)):
-        # A new profile found by nothing (email_sub without a resource) is created again.
-        finds_it = case.holds != Stored()
         got = (two["error"], (one["matching_field"], two["matching_field"]),
                two["profile_id"] == one["profile_id"], stored.get(one["profile_id"]))
-        if got != (0, case.matching_fields, finds_it, case.holds.format(i)):
+        if got != (0, case.matching_fields, True, case.holds.format(i)):
             wrong.append(f"{case.mode} {case.first}: {got}")
     assert wrong == [], "\n".join(wrong)
-    assert len(stored) == len(CREATES) + 1
+    assert len(stored) == len(CREATES)
     assert harness.count(
         "SELECT count(*) FROM profiles WHERE fields->>'_fname' LIKE 'first%%' AND fields->>'_lname' LIKE 'again%%'"
-    ) == len(CREATES) - 1
+    ) == len(CREATES)
 
 
 def test_data_values_win_over_the_match_value_of_a_new_profile(harness: Harness) -> None:
@@ -177,10 +176,22 @@ class Search:
     finds: str  # "prof", "subs", or "new": nothing found, a profile is created
     matching_field: str
     why: str = field(default="", compare=False)
+    # A subscription-only mode creates only what it can find again: the subscription
+    # `data` gives the new profile, where `resource_id` does not.
+    subscribes: dict[str, Any] | None = field(default=None, compare=False)
 
     def message(self, i: int) -> dict[str, Any]:
         keys = {k: v.format(i=i, crm=1000 + i) if isinstance(v, str) else v for k, v in self.keys.items()}
-        return msg(matching=self.mode, **keys, feedback_id=f"probe-{i}", data={"_city": f"probe{i}"})
+        data: dict[str, Any] = {"_city": f"probe{i}"}
+        if self.subscribes is not None:
+            data["subscriptions"] = [{k: formatted(v, i) for k, v in self.subscribes.items()}]
+        return msg(matching=self.mode, **keys, feedback_id=f"probe-{i}", data=data)
+
+
+def formatted(value: Any, i: int) -> Any:
+    if isinstance(value, dict):
+        return {k: formatted(v, i) for k, v in value.items()}
+    return value.format(i=i) if isinstance(value, str) else value
 
 
 PROF_EMAIL, SUB_EMAIL, OTHER_EMAIL = "prof{i}@example.com", "sub{i}@example.com", "other{i}@example.com"
@@ -193,14 +204,17 @@ SEARCHES = [
     Search("email_profile", {"email": PROF_EMAIL}, "prof", "email", "the profile's email"),
     Search("email_profile", {"email": SUB_EMAIL}, "new", "email", "not subscriptions"),
     Search("email_sub", {"email": SUB_EMAIL}, "subs", "email", "e-mail subscriptions"),
-    Search("email_sub", {"email": PROF_EMAIL}, "new", "email", "not the profile's email"),
+    Search("email_sub", {"email": PROF_EMAIL}, "new", "email", "not the profile's email",
+           subscribes={"resource_id": 25, "channel": "email", "email": PROF_EMAIL}),
     Search("phone", {"phone": PROF_PHONE}, "prof", "phone", "the profile's phones"),
     Search("phone", {"phone": SUB_PHONE}, "subs", "phone", "or an SMS subscription"),
     Search("phone_sub", {"phone": SUB_PHONE}, "subs", "phone", "SMS subscriptions"),
-    Search("phone_sub", {"phone": PROF_PHONE}, "new", "phone", "not the profile's phones"),
+    Search("phone_sub", {"phone": PROF_PHONE}, "new", "phone", "not the profile's phones",
+           subscribes={"resource_id": 25, "channel": "sms", "phone": PROF_PHONE}),
     Search("push_sub", TOKEN, "subs", "subscription_id", "provider and subscription id"),
     Search("push_sub", {**TOKEN, "provider": "ios-apns"}, "new", "subscription_id",
-           "the provider is part of the identity"),
+           "the provider is part of the identity",
+           subscribes={"resource_id": 25, "channel": "push", "provider": "ios-apns", "subscription_id": "tok-{i}"}),
     Search("custom", {"field_name": "CRM_ID", "field_value": "{crm}"}, "prof", "CRM_ID", "an int field, by a string"),
     Search("custom", {"field_name": "nickname", "field_value": "subs{i}"}, "subs", "nickname", "a string field"),
     Search("custom", {"field_name": "nickname", "field_value": "SUBS{i}"}, "new", "nickname",
@@ -208,7 +222,8 @@ SEARCHES = [
     Search("custom_sub", {"field_name": "loyalty_card", "field_value": "LC-{i}"}, "subs", "loyalty_card",
            "a subscription's custom field"),
     Search("custom_sub", {"field_name": "loyalty_card", "field_value": "LC-{i}-2"}, "new", "loyalty_card",
-           "no such value"),
+           "no such value", subscribes={"resource_id": 24, "channel": "email", "email": "card{i}@example.com",
+                                        "custom_fields": {"loyalty_card": "LC-{i}-2"}}),
     Search("email_phone", {"email": PROF_EMAIL}, "prof", "email", "the profile's email"),
     Search("email_phone", {"phone": PROF_PHONE}, "prof", "phone", "the profile's phones"),
     Search("email_phone", {"email": PROF_EMAIL, "phone": PROF_PHONE}, "prof", "email", "both agree: email first"),
@@ -220,7 +235,7 @@ SEARCHES = [
     Search("email_phone_sub", {"email": OTHER_EMAIL, "phone": SUB_PHONE}, "subs", "phone",
            "the e-mail finds nothing: the phone matched"),
     Search("email_phone_sub", {"email": PROF_EMAIL, "phone": PROF_PHONE}, "new", "email",
-           "not the profile's email or phones"),
+           "not the profile's email or phones", subscribes={"resource_id": 25, "channel": "email", "email": PROF_EMAIL}),
     # resource_id limits the subscription search to that resource.
     Search("email", {"email": SUB_EMAIL, "resource_id": 24}, "subs", "email", "a subscription of resource 24"),
     Search("email", {"email": SUB_EMAIL, "resource_id": 25}, "new", "email", "resource 25 has none"),
@@ -506,3 +521,106 @@ def test_given_two_updates_of_one_profile_by_different_keys_in_one_batch_then_th
 
     assert [(r["feedback_id"], r["error"]) for r in results] == [("x", 0), ("b", 0), ("c", 0)]
     assert harness.rows("SELECT fields->>'_city' FROM profiles WHERE email = 'a@example.com'") == [("After",)]
+
+
+# --- no unreachable profiles (docs/contract.md, "Matching modes"): a profile a message
+# creates holds its match value, so the same message sent again finds it; in the modes that
+# search subscriptions only, a create with nothing to find the profile by is 400. ---------
+
+
+SUBSCRIPTION_25 = {"resource_id": 25, "channel": "email"}
+# A message of each creating mode that can create, with what makes it findable again.
+CREATING: dict[str, dict[str, Any]] = {
+    "email": {"email": "a@example.com"},
+    "email_profile": {"email": "a@example.com"},
+    "email_sub, subscribed to resource_id": {"matching": "email_sub", "email": "a@example.com", "resource_id": 24},
+    "email_sub, subscription in data": {"matching": "email_sub", "email": "a@example.com", "data": {
+        "subscriptions": [{**SUBSCRIPTION_25, "email": " A@Example.com "}]}},
+    "phone": {"matching": "phone", "phone": "+79000000001"},
+    "phone_sub, subscribed to resource_id": {"matching": "phone_sub", "phone": "+79000000001", "resource_id": 24},
+    "phone_sub, subscription in data": {"matching": "phone_sub", "phone": "+7 900 000-00-01", "data": {
+        "subscriptions": [{"resource_id": 25, "channel": "sms", "phone": "79000000001"}]}},
+    "push_sub, subscribed to resource_id": {"matching": "push_sub", "provider": "apns", "subscription_id": "d1",
+                                            "resource_id": 24},
+    "push_sub, subscription in data": {"matching": "push_sub", "provider": "apns", "subscription_id": "d1", "data": {
+        "subscriptions": [{"resource_id": 25, "channel": "push", "provider": "apns", "subscription_id": "d1"}]}},
+    "custom": {"matching": "custom", "field_name": "CRM_ID", "field_value": "42"},
+    "custom_sub, subscription in data": {"matching": "custom_sub", "field_name": "loyalty_card", "field_value": "LC1",
+                                         "data": {"subscriptions": [{"resource_id": 24, "channel": "email",
+                                                                     "email": "c@example.com",
+                                                                     "custom_fields": {"loyalty_card": "LC1"}}]}},
+    "email_phone": {"matching": "email_phone", "email": "a@example.com", "phone": "+79000000001"},
+    "email_phone_sub, subscribed to resource_id": {"matching": "email_phone_sub", "phone": "+79000000001",
+                                                   "resource_id": 24},
+    "email_phone_sub, subscription in data": {"matching": "email_phone_sub", "email": "a@example.com", "data": {
+        "subscriptions": [{**SUBSCRIPTION_25, "email": "a@example.com"}]}},
+}
+# Sub-only messages that would create a profile nothing finds again.
+UNREACHABLE: dict[str, dict[str, Any]] = {
+    "email_sub without resource_id": {"matching": "email_sub", "email": "a@example.com"},
+    "email_sub, another address in data": {"matching": "email_sub", "email": "a@example.com", "data": {
+        "subscriptions": [{**SUBSCRIPTION_25, "email": "b@example.com"}]}},
+    "email_sub, an SMS subscription in data": {"matching": "email_sub", "email": "a@example.com", "data": {
+        "phones": ["+79000000001"], "subscriptions": [{"resource_id": 25, "channel": "sms", "phone": "+79000000001"}]}},
+    "email_sub, the profile's own email in data": {"matching": "email_sub", "email": "a@example.com",
+                                                   "data": {"email": "a@example.com"}},
+    "email_sub, resource_id but the subscription to another one": {
+        "matching": "email_sub", "email": "a@example.com", "resource_id": 24,
+        "data": {"subscriptions": [{**SUBSCRIPTION_25, "email": "a@example.com"}]}, "expect": 0},
+    "phone_sub without resource_id": {"matching": "phone_sub", "phone": "+79000000001"},
+    "push_sub without resource_id": {"matching": "push_sub", "provider": "apns", "subscription_id": "d1"},
+    "push_sub, another provider in data": {"matching": "push_sub", "provider": "apns", "subscription_id": "d1", "data": {
+        "subscriptions": [{"resource_id": 25, "channel": "push", "provider": "fcm", "subscription_id": "d1"}]}},
+    "custom_sub with resource_id only": {"matching": "custom_sub", "field_name": "loyalty_card", "field_value": "LC1",
+                                         "resource_id": 24},
+    "custom_sub, another value in data": {"matching": "custom_sub", "field_name": "loyalty_card", "field_value": "LC1",
+                                          "data": {"subscriptions": [{"resource_id": 24, "channel": "email",
+                                                                      "email": "c@example.com",
+                                                                      "custom_fields": {"loyalty_card": "LC2"}}]}},
+    "email_phone_sub without resource_id": {"matching": "email_phone_sub", "email": "a@example.com",
+                                            "phone": "+79000000001"},
+}
+
+
+def creating_message(spec: dict[str, Any], feedback_id: str) -> dict[str, Any]:
+    fields = {k: v for k, v in spec.items() if k != "expect"}
+    data = fields.pop("data", {})
+    return msg(feedback_id=feedback_id, data={"_fname": "Sam", **data}, **fields)
+
+
+@pytest.mark.parametrize("case", sorted(CREATING))
+def test_a_message_that_creates_a_profile_finds_it_when_sent_again(harness: Harness, case: str) -> None:
+    first = harness.import_(creating_message(CREATING[case], "first"))
+    again = harness.import_(creating_message(CREATING[case], "again"))
+    assert [r["error"] for r in first + again] == [0, 0], first + again
+    assert first[0]["profile_id"] == again[0]["profile_id"]
+    assert harness.count("SELECT count(*) FROM profiles") == 1
+
+
+def test_profile_id_never_creates(harness: Harness) -> None:
+    spec = {"matching": "profile_id", "profile_id": "0" * 24}
+    results = harness.import_(creating_message(spec, "first"), creating_message(spec, "again"))
+    assert [r["error"] for r in results] == [404, 404]
+    assert counts(harness) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("case", sorted(UNREACHABLE))
+def test_a_create_in_a_subscription_only_mode_with_nothing_to_find_it_by_is_400_naming_resource_id(
+    harness: Harness, case: str,
+) -> None:
+    spec = UNREACHABLE[case]
+    [result] = harness.import_(creating_message(spec, case))
+    if spec.get("expect") == 0:  # resource_id given: the new profile is subscribed to it
+        assert result["error"] == 0, result
+        return
+    assert (result["error"], result["profile_id"]) == (400, ""), result
+    assert result["error_text"].startswith("resource_id:"), result
+    assert counts(harness) == (0, 0, 0)
+
+
+def test_an_existing_profile_is_updated_even_when_the_message_could_not_create_one(harness: Harness) -> None:
+    """The check is about creating: a message without resource_id still updates the profile
+    its address already finds."""
+    [created] = harness.import_(creating_message(CREATING["email_sub, subscribed to resource_id"], "create"))
+    [updated] = harness.import_(creating_message(UNREACHABLE["email_sub without resource_id"], "update"))
+    assert (updated["error"], updated["profile_id"]) == (0, created["profile_id"]), updated

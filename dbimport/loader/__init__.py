@@ -1,6 +1,6 @@
 """The bulk loader `dbimport-load`: a JSONL or CSV file in, one import message per row out.
 
-It streams the file, turns each row into a message (SPEC §2), publishes it to
+It streams the file, turns each row into a message (docs/contract.md), publishes it to
 IMPORT_QUEUE and, with `--wait`, collects this run's results from
 IMPORT_RESULT_QUEUE, prints a summary and writes a report of the failed rows.
 The usage guide is docs/loader.md.

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matching", metavar="MODE", help="matching mode (default: the worker's, email)")
     p.add_argument("--update-only", action="store_true", help="never create profiles")
     p.add_argument("--skip-triggers", action="store_true", help="record no trigger events")
+    p.add_argument("--skip-invalid-subscriptions", action="store_true",
+                   help="leave invalid subscriptions out (named in the result) instead of refusing the row")
     p.add_argument("--resource-id", type=positive_int, metavar="N", help="resource_id of every row")
     p.add_argument("--config", metavar="PATH", help="main.json to read (default: $DBIMPORT_CONFIG, else ./main.json)")
     p.add_argument("--batch", type=positive_int, default=DEFAULT_BATCH, metavar="N",
@@ -113,7 +115,7 @@ def cli_defaults(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("account_id", "db_id", "matching", "resource_id"):
         if getattr(args, key) is not None:
             message[key] = getattr(args, key)
-    for key in ("update_only", "skip_triggers"):
+    for key in ("update_only", "skip_triggers", "skip_invalid_subscriptions"):
         if getattr(args, key):
             message[key] = True
     return {"defaults": message, "default_data": data}

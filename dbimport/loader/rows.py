@@ -12,14 +12,14 @@ import orjson
 
 READ_CHUNK_BYTES = 1 << 20
 MAX_FEEDBACK_ID_CHARS = 255
-# Top-level message keys (SPEC §2); every other mapping target is a `data` field.
+# Top-level message keys (docs/contract.md); every other mapping target is a `data` field.
 MESSAGE_KEYS = frozenset({
-    "account_id", "db_id", "feedback_id", "skip_triggers", "update_only", "matching",
+    "account_id", "db_id", "feedback_id", "skip_triggers", "update_only", "skip_invalid_subscriptions", "matching",
     "email", "phone", "profile_id", "field_name", "field_value", "resource_id",
     "provider", "subscription_id",
 })
 INT_KEYS = frozenset({"account_id", "db_id", "resource_id"})
-BOOL_KEYS = frozenset({"skip_triggers", "update_only"})
+BOOL_KEYS = frozenset({"skip_triggers", "update_only", "skip_invalid_subscriptions"})
 _TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
 _INTEGER = re.compile(r"\s*[+-]?\d{1,19}\s*")
 
