@@ -18,6 +18,14 @@ from psycopg.types.json import Jsonb
 # into it. Otherwise, on a growing table with stale statistics, it pairs each probe
 # with a scan of every row of the database (by the db_id-leading btree indexes).
 
+# A custom field's values, by the expression the index of custom fields is built on
+# (migration 0003): the same expression, or the index is not used.
+PROFILES_BY_FIELD = (
+    "SELECT v.i, p.profile_id FROM unnest(%b::jsonb[]) WITH ORDINALITY AS v(doc, i) "
+    "CROSS JOIN LATERAL (SELECT db_id, profile_id FROM profiles "
+    "WHERE dbimport_custom_fields(fields) @> v.doc OFFSET 0) p WHERE p.db_id = %s"
+)
+
 
 class Lookup:
     """Reads the profile store for one database inside the batch's transaction.
@@ -70,13 +78,7 @@ class Lookup:
         A list value (tags) finds profiles holding all of its items.
         """
         docs = [Jsonb({name: value}) for value in values]
-        return self._aligned(
-            len(docs),
-            "SELECT v.i, p.profile_id FROM unnest(%b::jsonb[]) WITH ORDINALITY AS v(doc, i) "
-            "CROSS JOIN LATERAL (SELECT db_id, profile_id FROM profiles "
-            "WHERE fields @> v.doc OFFSET 0) p WHERE p.db_id = %s",
-            (docs, self.db_id),
-        )
+        return self._aligned(len(docs), PROFILES_BY_FIELD, (docs, self.db_id))
 
     def subscribers(
         self,

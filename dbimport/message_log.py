@@ -1,16 +1,21 @@
 """The message log: each answered message's result, written with its effects.
 
-At the start of a batch's transaction the worker locks a log row per message
-(inserting a placeholder), so that two workers never apply one message at
-once: a redelivered copy waits for the first worker's transaction, then finds
-its result. A message whose row already held a result was applied before:
+A batch reads the log rows of its messages that may have been applied
+already: redelivered ones, and all of them when an attempt is retried after
+an unknown commit outcome. Such a message whose row holds a result is answered
+with it and not applied again.
 
-- a redelivered (or retried) message is then answered with the logged result
-  and not applied again;
-- a first delivery is too if this worker no longer holds it (its channel
-  closed, so the broker gave a copy to another worker, which got there
-  first); while the worker holds it, the row belongs to an identical message
-  sent earlier, and the first delivery is applied.
+A first delivery is applied without a read. Its row is written at the end of
+the batch's transaction, one insert a message (one statement for the batch),
+and the unique key decides, not a read. If the row exists already:
+
+- while the worker still holds the delivery, the row belongs to an identical
+  message sent earlier (the broker gave this copy to no one else): the row is
+  overwritten with this answer;
+- once the worker no longer holds it (its channel closed, so the broker gave a
+  copy to another worker, which committed first), the write fails as a race
+  (`WriteRace`): the transaction rolls back with everything it wrote, and the
+  retry, reading the log, answers the message from it.
 
 See `pipeline.message_key` for what identifies a message.
 """
@@ -21,43 +26,52 @@ from typing import Any
 
 import psycopg
 
+from .errors import WriteRace
 from .results import Result
 
 
-def lock(conn: psycopg.Connection[Any], db_id: int, keys: Sequence[bytes]) -> dict[bytes, Result]:
-    """Lock the log rows of `keys`, in key order; the logged results of those that had one."""
+def logged(conn: psycopg.Connection[Any], db_id: int, keys: Sequence[bytes]) -> dict[bytes, Result]:
+    """The logged results of those of `keys` that have one."""
     unique = sorted(set(keys))
     if not unique:
         return {}
     rows = conn.execute(
-        "INSERT INTO message_log (db_id, message_key, result) "
-        "SELECT %s, k, '' FROM unnest(%b::bytea[]) AS k ORDER BY k "
-        "ON CONFLICT (db_id, message_key) DO UPDATE SET message_key = EXCLUDED.message_key "
-        "RETURNING message_key, result",
+        "SELECT message_key, result FROM message_log WHERE db_id = %s AND message_key = ANY(%b::bytea[])",
         (db_id, unique),
     ).fetchall()
-    # An empty result is our own placeholder: a new message.
-    return {bytes(key): Result.from_json(bytes(raw)) for key, raw in rows if raw}
+    return {bytes(key): Result.from_json(bytes(raw)) for key, raw in rows}
 
 
-def applied_before(logged: Result | None, *, maybe_applied: bool, still_held: Callable[[], bool]) -> bool:
-    """Whether a message with this logged result was applied already (see the module's text)."""
-    if logged is None:
-        return False
-    return maybe_applied or not still_held()
-
-
-def record(conn: psycopg.Connection[Any], db_id: int, entries: Iterable[tuple[bytes, Result]]) -> None:
-    """Write each (key, result) in the caller's transaction: into the row `lock` made, or a new one."""
+def record(
+    conn: psycopg.Connection[Any], db_id: int, entries: Iterable[tuple[bytes, Result]],
+    *, known: Iterable[bytes] = (), overwrite: Callable[[bytes], bool] = lambda key: False,
+) -> None:
+    """Write each (key, result) in the caller's transaction. A key in `known` had a row
+    already (an identical message sent earlier): it is overwritten. Any other key is
+    inserted; one whose row exists (committed by another transaction, or by an earlier
+    one) is overwritten if `overwrite(key)`, else raises WriteRace."""
     # One row per key: identical messages in one batch share a key; the last one wins.
     latest = {key: result.to_json() for key, result in entries}
     if not latest:
         return
-    conn.execute(
-        "INSERT INTO message_log (db_id, message_key, result) "
-        "SELECT %s, k, r FROM unnest(%b::bytea[], %b::bytea[]) AS t(k, r) "
-        # Only `result` changes (`applied_at`, indexed, keeps the time the row was made):
-        # with the table's free space per page, a HOT update, no new index entry.
-        "ON CONFLICT (db_id, message_key) DO UPDATE SET result = EXCLUDED.result",
-        (db_id, list(latest), list(latest.values())),
-    )
+    overwritten = set(known) & set(latest)
+    new = {key: raw for key, raw in latest.items() if key not in overwritten}
+    if new:
+        inserted = {bytes(key) for (key,) in conn.execute(
+            "INSERT INTO message_log (db_id, message_key, result) "
+            "SELECT %s, k, r FROM unnest(%b::bytea[], %b::bytea[]) AS t(k, r) "
+            "ON CONFLICT (db_id, message_key) DO NOTHING RETURNING message_key",
+            (db_id, list(new), list(new.values())),
+        ).fetchall()}
+        taken = [key for key in new if key not in inserted]
+        raced = [key for key in taken if not overwrite(key)]
+        if raced:
+            raise WriteRace(f"{len(raced)} message(s) of the batch were applied by another worker meanwhile")
+        overwritten.update(taken)
+    if overwritten:
+        keys = sorted(overwritten)
+        conn.execute(
+            "UPDATE message_log AS m SET result = t.r FROM unnest(%b::bytea[], %b::bytea[]) AS t(k, r) "
+            "WHERE m.db_id = %s AND m.message_key = t.k",
+            (keys, [latest[k] for k in keys], db_id),
+        )

@@ -6,7 +6,14 @@ earlier message of the segment could change what it finds: one that writes
 a value it matches on, that changes (or clears) a value of the profile it
 found, or that writes the same unique value (an e-mail, a subscription). Two
 messages that find the same profile share a segment: their writes are merged
-in message order. Segments never reorder messages.
+in message order.
+
+A message that cannot join waits for the next segment, and so does every later
+message that touches it (shares a value it reads or writes, or a profile); the
+messages after it that touch neither it nor any other waiting message join the
+segment all the same. Such messages commute: applying them first gives what the
+queue's order gives. So a batch takes a few segments (a create, then the updates
+of the profile it creates, say), not one per such dependency.
 """
 from __future__ import annotations
 
@@ -175,6 +182,41 @@ class Segment(Generic[J]):
                 self._changed.setdefault(kind, set()).update(found.profile_ids)
 
 
+@dataclass
+class Waiting:
+    """The footprint of the messages left for a later segment: what a message that
+    joins the segment must not touch, lest it overtake one it does not commute with."""
+
+    _reads: set[Key] = field(default_factory=set)
+    _writes: set[Key] = field(default_factory=set)
+    _unique_writes: set[Key] = field(default_factory=set)
+    _profiles: set[str] = field(default_factory=set)
+    _read_kinds: set[str] = field(default_factory=set)
+    _unknown: set[str] = field(default_factory=set)
+
+    def touches(self, job: Ordered, found: Found) -> bool:
+        e = job.effects
+        writes = _written(job, found)
+        return bool(
+            not e.reads.isdisjoint(self._writes)
+            or not writes.isdisjoint(self._reads)
+            or not _unique(writes).isdisjoint(self._unique_writes)
+            or not found.profile_ids.isdisjoint(self._profiles)
+            or any(key.kind in self._unknown for key in e.reads)
+            or not e.unknown.isdisjoint(self._read_kinds)
+        )
+
+    def add(self, job: Ordered, found: Found) -> None:
+        e = job.effects
+        writes = _written(job, found)
+        self._reads |= e.reads
+        self._writes |= writes
+        self._unique_writes |= _unique(writes)
+        self._profiles |= found.profile_ids
+        self._read_kinds |= {key.kind for key in e.reads}
+        self._unknown |= e.unknown
+
+
 def _written(job: Ordered, found: Found) -> set[Key]:
     """The keys a message writes: its writes, and its match values if it creates."""
     writes = set(job.effects.writes)
@@ -183,11 +225,18 @@ def _written(job: Ordered, found: Found) -> set[Key]:
     return writes
 
 
-def next_segment(pending: Sequence[J], found: dict[int, Found]) -> Segment[J]:
-    """The longest prefix of `pending` that can be applied together."""
+def next_segment(pending: Sequence[J], found: dict[int, Found]) -> tuple[Segment[J], list[J]]:
+    """The messages of `pending` to apply together now, and those left for later
+    (in order): each message joins unless it conflicts with the segment or touches
+    a message left for later."""
     segment: Segment[J] = Segment()
+    waiting = Waiting()
+    later: list[J] = []
     for job in pending:
-        if segment.jobs and segment.conflicts(job, found[job.index]):
-            break
-        segment.add(job, found[job.index])
-    return segment
+        seen = found[job.index]
+        if (later and waiting.touches(job, seen)) or (segment.jobs and segment.conflicts(job, seen)):
+            later.append(job)
+            waiting.add(job, seen)
+        else:
+            segment.add(job, seen)
+    return segment, later

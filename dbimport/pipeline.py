@@ -1,6 +1,10 @@
 """A batch's way from deliveries to outcomes: decode, validate, match, write.
 
-Nothing here publishes or acks: the worker settles the outcomes.
+`prepare` (decode, validate, check tenancy and data: no database) and `apply`
+(one transaction, retried) are separate steps, so that the worker can prepare
+the next batch while the database applies this one. `apply` touches the store
+and nothing else: it may run on a thread of its own. Nothing here publishes or
+acks: the worker settles the outcomes.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from .feedback import feedback_id_in_prefix, feedback_id_of
 from .jobs import Job
 from .matcher import Matcher, Query
 from .message import Envelope, MessageValidator, check_limits, parse
-from .message_log import record
+from .message_log import logged, record
 from .plugins import Registry
 from .profile_data import ProfileWrite, check_data
 from .results import Result
@@ -90,6 +94,10 @@ class _Internal:
     reason: str
 
 
+# A delivery after `prepare`: a job for the store, its answer already, or an internal failure.
+Prepared = Job | Outcome | _Internal
+
+
 class Pipeline:
     """Turns deliveries into outcomes; one transaction per batch, retried as a whole."""
 
@@ -109,59 +117,72 @@ class Pipeline:
 
     # --- the batch -------------------------------------------------------------------
 
-    def handle(self, deliveries: Sequence[Delivery], *, sleep: Callable[[float], None]) -> Batch:
+    def prepare_all(self, deliveries: Sequence[Delivery]) -> list[Prepared]:
+        """Each delivery decoded, validated and checked: a Job, or its answer already."""
+        return [self.prepare(i, d) for i, d in enumerate(deliveries)]
+
+    def apply(
+        self, deliveries: Sequence[Delivery], prepared: Sequence[Prepared], *,
+        sleep: Callable[[float], None], abort: Callable[[], bool] = lambda: False,
+    ) -> Batch:
         """Outcomes for `deliveries`, in order. Raises DatabaseUnavailable when the
-        store stays away longer than IMPORT_DB_RETRY_S: then nothing is answered."""
+        store stays away longer than IMPORT_DB_RETRY_S (or `abort()`): then nothing
+        is answered."""
         try:
-            batch = self._retried(deliveries, sleep)
+            batch = self._retried(deliveries, prepared, sleep, abort)
         except WriteRace as exc:
             log.warning("batch kept racing (%s); handling its messages one by one", exc)
-            batch = self._one_by_one(deliveries, sleep)
+            batch = self._one_by_one(deliveries, prepared, sleep, abort)
         except BadInput as exc:
             # Found only at commit (an increment out of its field's range): one message's fault.
             log.warning("batch refused at commit (%s); handling its messages one by one", exc)
-            batch = self._one_by_one(deliveries, sleep)
+            batch = self._one_by_one(deliveries, prepared, sleep, abort)
         except (Transient, Refused):
             raise
         except Exception as exc:
             log.error("batch failed: %s; handling its messages one by one", exc, exc_info=True)
-            batch = self._one_by_one(deliveries, sleep)
-        self._notify(batch.events)
+            batch = self._one_by_one(deliveries, prepared, sleep, abort)
         return batch
 
-    def _retried(self, deliveries: Sequence[Delivery], sleep: Callable[[float], None]) -> Batch:
+    def _retried(
+        self, deliveries: Sequence[Delivery], prepared: Sequence[Prepared], sleep: Callable[[float], None],
+        abort: Callable[[], bool],
+    ) -> Batch:
         """One transaction for the batch, run again on an outage or a race."""
-        for attempt in database_retry(max_seconds=self.settings.db_retry_s, sleep=sleep):
+        jobs = [p for p in prepared if isinstance(p, Job)]
+        for attempt in database_retry(max_seconds=self.settings.db_retry_s, sleep=sleep, abort=abort):
             with attempt:
-                # After a failed attempt the commit may have happened: check the log.
-                retried = attempt.retry_state.attempt_number > 1
-                prepared = [self.prepare(i, d, retried=retried) for i, d in enumerate(deliveries)]
-                jobs = [p for p in prepared if isinstance(p, Job)]
+                if attempt.retry_state.attempt_number > 1:
+                    # The failed attempt's commit may have happened: check the log.
+                    for job in jobs:
+                        job.maybe_applied = True
                 with self.store.transaction() as conn:
                     applied = apply_batch(conn, jobs) if jobs else BatchOutcome()
                 return self._outcomes(deliveries, prepared, applied)
         raise AssertionError("unreachable: the retry policy re-raises")
 
     def _outcomes(
-        self, deliveries: Sequence[Delivery], prepared: list[Job | Outcome | _Internal],
-        applied: BatchOutcome,
+        self, deliveries: Sequence[Delivery], prepared: Sequence[Prepared], applied: BatchOutcome,
     ) -> Batch:
         outcomes: list[Outcome] = []
-        for i, (delivery, item) in enumerate(zip(deliveries, prepared)):
+        for delivery, item in zip(deliveries, prepared):
             if isinstance(item, Outcome):
                 outcomes.append(item)
             elif isinstance(item, _Internal):
                 outcomes.append(self._internal_failure(delivery, item))
             else:
-                outcomes.append(Outcome(delivery, applied.results[i], replayed=i in applied.replayed))
+                outcomes.append(Outcome(delivery, applied.results[item.index], replayed=item.index in applied.replayed))
         return Batch(outcomes, applied.events, applied.created, applied.updated)
 
-    def _one_by_one(self, deliveries: Sequence[Delivery], sleep: Callable[[float], None]) -> Batch:
+    def _one_by_one(
+        self, deliveries: Sequence[Delivery], prepared: Sequence[Prepared], sleep: Callable[[float], None],
+        abort: Callable[[], bool],
+    ) -> Batch:
         """Each message in its own transaction, so a poison one harms only itself."""
         merged = Batch(outcomes=[])
-        for delivery in deliveries:
+        for delivery, item in zip(deliveries, prepared):
             try:
-                single = self._retried([delivery], sleep)
+                single = self._retried([delivery], [item], sleep, abort)
             except BadInput as exc:
                 # A matcher judged the input bad only while looking it up.
                 result = Result.failed(exc, feedback_id=self._feedback_id(delivery))
@@ -184,7 +205,7 @@ class Pipeline:
 
     # --- one message -----------------------------------------------------------------
 
-    def prepare(self, index: int, delivery: Delivery, *, retried: bool = False) -> Job | Outcome | _Internal:
+    def prepare(self, index: int, delivery: Delivery) -> Prepared:
         """Decode, validate, check tenancy and data: a Job, or the answer already."""
         message: Any = None
         try:
@@ -221,7 +242,7 @@ class Pipeline:
             query=query,
             write=write,
             message_key=message_key(delivery),
-            maybe_applied=delivery.redelivered or retried,
+            maybe_applied=delivery.redelivered,
             still_held=functools.partial(self.holds, delivery),
         )
 
@@ -249,7 +270,7 @@ class Pipeline:
                 return Outcome(delivery, None)
             result = Result.internal(failure.reason, feedback_id=feedback_id)
             if failure.db_id != UNKNOWN_DB_ID:
-                record(conn, failure.db_id, [(key, result)])
+                record(conn, failure.db_id, [(key, result)], known=logged(conn, failure.db_id, [key]))
         log.error(
             "message (feedback_id=%r) failed %d times; answering 500 and moving it to %s",
             feedback_id, failed, self.settings.dead_queue,
@@ -264,7 +285,8 @@ class Pipeline:
 
     # --- after commit ----------------------------------------------------------------
 
-    def _notify(self, events: list[TriggerEvent]) -> None:
+    def notify(self, events: list[TriggerEvent]) -> None:
+        """Tell the plugins of a committed batch's events (before its results are published)."""
         if not events:
             return
         try:

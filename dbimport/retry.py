@@ -33,12 +33,12 @@ MAX_RACE_ATTEMPTS = 5
 Report = Callable[[int, BaseException, float], None]
 
 
-def _stop(max_seconds: float) -> Callable[[tenacity.RetryCallState], bool]:
+def _stop(max_seconds: float, abort: Callable[[], bool]) -> Callable[[tenacity.RetryCallState], bool]:
     def stop(state: tenacity.RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, WriteRace) and state.attempt_number >= MAX_RACE_ATTEMPTS:
             return True
-        return (state.seconds_since_start or 0.0) >= max_seconds
+        return abort() or (state.seconds_since_start or 0.0) >= max_seconds
 
     return stop
 
@@ -52,15 +52,17 @@ def _log_before_sleep(state: tenacity.RetryCallState) -> None:
     )
 
 
-def database_retry(*, max_seconds: float, sleep: Callable[[float], None]) -> tenacity.Retrying:
-    """Retry on an outage for up to `max_seconds`, on a race a few times.
+def database_retry(
+    *, max_seconds: float, sleep: Callable[[float], None], abort: Callable[[], bool] = lambda: False,
+) -> tenacity.Retrying:
+    """Retry on an outage for up to `max_seconds` (or until `abort()`), on a race a few times.
 
-    `sleep` keeps the AMQP connection alive while waiting (the broker's sleep).
-    The last error is re-raised when the policy gives up.
+    `sleep` waits between attempts (on the worker's database thread: a wait that
+    `abort` cuts short). The last error is re-raised when the policy gives up.
     """
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type((DatabaseUnavailable, WriteRace)),
-        stop=_stop(max_seconds),
+        stop=_stop(max_seconds, abort),
         wait=tenacity.wait_exponential(multiplier=FIRST_DELAY_S, max=MAX_DELAY_S)
         + tenacity.wait_random(0, FIRST_DELAY_S),
         sleep=sleep,

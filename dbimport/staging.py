@@ -1,4 +1,10 @@
-"""The rows a segment writes: staged per table, sent as one pipelined round trip."""
+"""The rows a segment writes: staged per table, sent as one pipelined round trip.
+
+Each table's rows go to the server as one JSON document (a list of rows),
+serialised in one pass, and the statement unpacks it: one parameter a
+statement rather than a column array of per-row values, each of which the
+driver would encode on its own.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,14 +26,14 @@ SubscriptionKey = tuple[int, str, str, str]
 class Rows:
     """The rows one segment writes, gathered so that each table gets one statement."""
 
-    new_profiles: list[tuple[str, str | None, list[str], Jsonb]] = field(default_factory=list)
-    profile_updates: list[tuple[str, Jsonb]] = field(default_factory=list)
+    new_profiles: list[tuple[str, str | None, list[str], dict[str, Any]]] = field(default_factory=list)
+    profile_updates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     new_subscriptions: dict[SubscriptionKey, dict[str, Any]] = field(default_factory=dict)
     subscription_updates: dict[SubscriptionKey, dict[str, Any]] = field(default_factory=dict)
-    events: list[tuple[str, str, str, Jsonb]] = field(default_factory=list)
+    events: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
 
     def add_event(self, profile_id: str, kind: str, feedback_id: str, payload: dict[str, Any]) -> None:
-        self.events.append((profile_id, kind, feedback_id, Jsonb(payload)))
+        self.events.append((profile_id, kind, feedback_id, payload))
 
 
 def payload(write: ProfileWrite) -> dict[str, Any]:
@@ -55,7 +61,7 @@ def stage_profile(rows: Rows, profile_id: str, merged: ProfileWrite, *, new: boo
             profile_id,
             values.get("email"),
             list(values.get("phones") or []),
-            Jsonb({k: v for k, v in fields.items() if v is not None}),
+            {k: v for k, v in fields.items() if v is not None},
         ))
         return
     plain = {k: v for k, v in fields.items() if not isinstance(v, Pending)}
@@ -73,7 +79,7 @@ def stage_profile(rows: Rows, profile_id: str, merged: ProfileWrite, *, new: boo
             doc[f"{column}_ops"] = values[column].as_json()
         else:
             doc[column] = values[column]
-    rows.profile_updates.append((profile_id, Jsonb(doc)))
+    rows.profile_updates.append((profile_id, doc))
 
 
 def stage_subscription(
@@ -117,29 +123,26 @@ def execute(conn: psycopg.Connection[Any], db_id: int, rows: Rows) -> list[Trigg
     """One statement per table, pipelined: one round trip. Returns the events written."""
     with conn.pipeline():
         if rows.new_profiles:
-            ids, emails, phones, fields = zip(*rows.new_profiles)
             conn.execute(
                 "INSERT INTO profiles (db_id, profile_id, email, phones, fields) "
-                "SELECT %s, v.id, v.email, ARRAY(SELECT jsonb_array_elements_text(v.phones)), v.fields "
-                "FROM unnest(%b::text[], %b::text[], %b::jsonb[], %b::jsonb[]) AS v(id, email, phones, fields)",
-                (db_id, list(ids), list(emails), [Jsonb(p) for p in phones], list(fields)),
+                "SELECT %s, r->>0, r->>1, ARRAY(SELECT jsonb_array_elements_text(r->2)), r->3 "
+                "FROM jsonb_array_elements(%b::jsonb) AS r",
+                (db_id, Jsonb(rows.new_profiles)),
             )
         if rows.profile_updates:
-            ids, docs = zip(*rows.profile_updates)
-            conn.execute(_UPDATE_PROFILES, (list(ids), list(docs), db_id))
+            conn.execute(_UPDATE_PROFILES, (Jsonb(rows.profile_updates), db_id))
         if rows.new_subscriptions:
             conn.execute(_INSERT_SUBSCRIPTIONS, (db_id, *subscription_columns(rows.new_subscriptions, new=True)))
         if rows.subscription_updates:
             conn.execute(_UPDATE_SUBSCRIPTIONS, (*subscription_columns(rows.subscription_updates, new=False), db_id))
         if rows.events:
-            ids, kinds, feedback_ids, payloads = zip(*rows.events)
             conn.execute(
                 "INSERT INTO events (db_id, profile_id, kind, feedback_id, payload) "
-                "SELECT %s, * FROM unnest(%b::text[], %b::text[], %b::text[], %b::jsonb[])",
-                (db_id, list(ids), list(kinds), list(feedback_ids), list(payloads)),
+                "SELECT %s, r->>0, r->>1, r->>2, r->3 FROM jsonb_array_elements(%b::jsonb) AS r",
+                (db_id, Jsonb(rows.events)),
             )
     return [
-        TriggerEvent(db_id=db_id, profile_id=i, kind=k, feedback_id=f, payload=p.obj)
+        TriggerEvent(db_id=db_id, profile_id=i, kind=k, feedback_id=f, payload=p)
         for i, k, f, p in rows.events
     ]
 
@@ -186,7 +189,7 @@ UPDATE profiles AS p SET
                   ELSE (p.fields || (u.doc->'set')) - ARRAY(SELECT jsonb_array_elements_text(u.doc->'clear'))
              END,
     updated_at = now()
-FROM unnest(%b::text[], %b::jsonb[]) AS u(profile_id, doc)
+FROM (SELECT r->>0 AS profile_id, r->1 AS doc FROM jsonb_array_elements(%b::jsonb) AS r) AS u
 WHERE p.db_id = %s AND p.profile_id = u.profile_id
 """
 

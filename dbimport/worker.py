@@ -1,7 +1,19 @@
-"""The worker: the consume loop, the one place that settles (publishes and acks)."""
+"""The worker: the consume loop, the one place that settles (publishes and acks).
+
+The loop overlaps batches: while the database thread applies batch N (one
+transaction), batch N+1 waits, prepared, in its queue, and the main thread
+settles batch N-1 (publishes its results in one AMQP transaction, then acks it)
+and takes in the next deliveries. Order and durability are kept: a batch is
+applied only after the one before it committed (one database thread), and a
+message is acked only after its batch committed and its result was stored by
+the broker. pika is used by the main thread only.
+"""
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -9,7 +21,7 @@ from typing import Any
 
 import pluggy
 
-from .broker import Broker, Outgoing, dead_letter_headers, result_correlation_id
+from .broker import Broker, Delivery, Outgoing, dead_letter_headers, result_correlation_id
 from .catalog import Catalog, read_catalog
 from .config import Settings
 from .errors import (
@@ -38,6 +50,20 @@ HOUSEKEEPING_INTERVAL_S = 600.0
 IDLE_WAIT_S = 0.5
 # A refusal that lasts (credentials rotated under a running worker) is logged this often.
 REFUSAL_LOG_INTERVAL_S = 60.0
+# While the main thread waits for the database thread, it answers AMQP heartbeats
+# and takes in deliveries this often.
+PUMP_INTERVAL_S = 0.01
+# Batches handed to the database thread at once: one applied, one ready behind it.
+MAX_IN_FLIGHT = 2
+
+
+@dataclass
+class InFlight:
+    """A batch handed to the database thread, not settled yet."""
+
+    deliveries: list[Delivery]
+    future: concurrent.futures.Future[Batch]
+    started: float
 
 
 @dataclass(frozen=True)
@@ -57,17 +83,23 @@ class Worker:
         self.settings = settings
         self.plugin_manager = plugin_manager or get_plugin_manager()
         self.registry = Registry(self.plugin_manager)
+        # The database thread's connection, and the main thread's (catalog, schema, probes).
         self.store = Store(settings.postgres_dsn)
+        self.main_store = Store(settings.postgres_dsn, application_name="dbimport-worker catalog")
         self.broker = Broker(settings)
         self.catalog = Catalog(loader=self._read_catalog, limits=settings.value_limits)
         self.pipeline = Pipeline(
             settings=settings, registry=self.registry, catalog=self.catalog,
-            store=self.store, plugin_manager=self.plugin_manager, holds=self.broker.holds,
+            store=self.store, plugin_manager=self.plugin_manager, holds=self.broker.still_holds,
         )
         self.stats = Stats()
         self._clock = clock
         self._stopping = False
         self._refusal_log = Throttle(REFUSAL_LOG_INTERVAL_S, clock=clock)
+        self._db: concurrent.futures.ThreadPoolExecutor | None = None
+        self._in_flight: collections.deque[InFlight] = collections.deque()
+        # Set to cut the database thread's retries short (an outage the main thread outlasts).
+        self._abort = threading.Event()
 
     def stop(self) -> None:
         """Finish the batch in hand, settle it, and return from `run` (signal-safe)."""
@@ -83,19 +115,11 @@ class Worker:
             return self.stats
         reporter = ThroughputReporter(self.stats, interval_s=self.settings.log_interval_s, depth=self._depth)
         next_housekeeping = self._clock()
+        self._db = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbimport-db")
         try:
-            while not self._stopping:
-                if deadline is not None and self._clock() >= deadline:
-                    log.info("--max-runtime reached; stopping")
-                    break
-                wanted = self.settings.batch_size
-                if limits.max_messages is not None:
-                    wanted = min(wanted, limits.max_messages - self.stats.handled)
-                    if wanted <= 0:
-                        log.info("--max-messages reached; stopping")
-                        break
+            while True:
                 try:
-                    if not self._step(wanted, limits):
+                    if not self._step(self._wanted(limits, deadline), limits):
                         break
                 except (DatabaseUnavailable, DatabaseRefused) as exc:
                     if not self._outlast_database_outage(exc, limits):
@@ -111,27 +135,104 @@ class Worker:
             self._shutdown()
         return self.stats
 
+    def _wanted(self, limits: RunLimits, deadline: float | None) -> int:
+        """How many messages the next batch may take: 0 once the run must stop."""
+        if self._stopping:
+            return 0
+        if deadline is not None and self._clock() >= deadline:
+            log.info("--max-runtime reached; stopping")
+            self._stopping = True
+            return 0
+        wanted = self.settings.batch_size
+        if limits.max_messages is not None:
+            in_flight = sum(len(batch.deliveries) for batch in self._in_flight)
+            wanted = min(wanted, limits.max_messages - self.stats.handled - in_flight)
+            if wanted <= 0 and in_flight == 0:
+                log.info("--max-messages reached; stopping")
+        return max(0, wanted)
+
     def _step(self, wanted: int, limits: RunLimits) -> bool:
-        """One batch; False when the queue is drained in --until-empty mode."""
+        """Hand a batch to the database thread, or settle the oldest in hand, or wait a
+        moment for either. False when the run is over: stopped, a limit reached, or the
+        queue drained in --until-empty mode, with nothing left in hand."""
+        in_flight = self._in_flight
+        if wanted and len(in_flight) < MAX_IN_FLIGHT:
+            deliveries = self._fetch(wanted, limits, busy=bool(in_flight))
+            if deliveries:
+                self._submit(deliveries)
+                if len(in_flight) < MAX_IN_FLIGHT:
+                    return True
+        if in_flight:
+            # Settle the oldest batch once it is applied; while it is, keep the
+            # connection read (heartbeats, deliveries for the next batch).
+            if in_flight[0].future.done() or len(in_flight) == MAX_IN_FLIGHT or not wanted:
+                self._settle(in_flight.popleft())
+            else:
+                self.broker.pump(PUMP_INTERVAL_S)
+            return True
+        if not wanted:
+            return False  # stopping, or a limit reached, and nothing in hand
+        if not limits.until_empty:
+            return True
+        # The depth's reply comes after any delivery sent before it: check the buffer after.
+        depth = self.broker.queue_depth()
+        return not (depth == 0 and self.broker.buffered == 0)
+
+    def _submit(self, deliveries: list[Delivery]) -> None:
+        """Prepare a batch here, and queue it for the database thread."""
+        self.catalog.refresh_if_stale()
+        prepared = self.pipeline.prepare_all(deliveries)
+        assert self._db is not None
+        future = self._db.submit(self.pipeline.apply, deliveries, prepared, sleep=self._db_sleep,
+                                 abort=self._abort.is_set)
+        self._in_flight.append(InFlight(deliveries, future, self._clock()))
+
+    def _fetch(self, wanted: int, limits: RunLimits, *, busy: bool) -> list[Delivery]:
+        """The next batch. While one is in hand, only a full batch already received:
+        settling the one in hand must not wait for new messages."""
+        if busy:
+            return self.broker.take(wanted, max_bytes=self.settings.batch_max_bytes)
         batch_wait_s = self.settings.batch_wait_ms / 1000
         # Draining for --until-empty needs no long idle wait: the depth check decides.
         first_wait_s = batch_wait_s if limits.until_empty else IDLE_WAIT_S
-        deliveries = self.broker.fetch(
-            wanted, max_bytes=self.settings.batch_max_bytes,
-            first_wait_s=first_wait_s, batch_wait_s=batch_wait_s,
+        return self.broker.fetch(
+            wanted, max_bytes=self.settings.batch_max_bytes, first_wait_s=first_wait_s, batch_wait_s=batch_wait_s,
         )
-        if not deliveries:
-            if not limits.until_empty:
-                return True
-            # The depth's reply comes after any delivery sent before it: check the buffer after.
-            depth = self.broker.queue_depth()
-            return not (depth == 0 and self.broker.buffered == 0)
-        started = self._clock()
-        self.catalog.refresh_if_stale()
-        batch = self.pipeline.handle(deliveries, sleep=self.broker.sleep)
+
+    def _settle(self, batch_in_hand: InFlight) -> None:
+        """Wait for the database thread's outcome of a batch, then settle it."""
+        batch = self._result(batch_in_hand.future)
+        self.pipeline.notify(batch.events)
         self.settle(batch.outcomes)
-        self._count(batch, self._clock() - started)
-        return True
+        self._count(batch, self._clock() - batch_in_hand.started)
+
+    def _result(self, future: concurrent.futures.Future[Batch]) -> Batch:
+        """The future's batch, answering heartbeats and taking in deliveries meanwhile."""
+        while True:
+            try:
+                return future.result(timeout=PUMP_INTERVAL_S)
+            except concurrent.futures.TimeoutError:
+                self.broker.pump()
+
+    def _db_sleep(self, seconds: float) -> None:
+        """The database thread's wait between attempts, cut short by an abort."""
+        self._abort.wait(seconds)
+
+    def _drop_in_flight(self) -> None:
+        """Let the batches in hand end (their retries cut short) and forget them: their
+        deliveries go back to the queue, and what they committed is answered from the
+        message log when they come back."""
+        in_hand = list(self._in_flight)
+        self._in_flight.clear()
+        if not in_hand:
+            return
+        self._abort.set()
+        try:
+            for batch in in_hand:
+                batch.future.cancel()  # not started yet: never applied
+            concurrent.futures.wait([batch.future for batch in in_hand])
+        finally:
+            self._abort.clear()
 
     # --- settling: the only place that publishes results and acks ------------------
 
@@ -276,7 +377,7 @@ class Worker:
             time.sleep(min(0.2, max(0.0, end - self._clock())))
 
     def _check_schema(self) -> None:
-        with self.store.transaction() as conn:
+        with self.main_store.transaction() as conn:
             version = installed_version(conn)
         if version != current_version():
             raise ConfigError(
@@ -289,6 +390,7 @@ class Worker:
     def _reconnect(self, exc: BrokerUnavailable | BrokerRefused, limits: RunLimits) -> bool:
         """After RabbitMQ was lost: unacked messages went back with the connection."""
         self._note(exc, "lost RabbitMQ: %s; reconnecting")
+        self._drop_in_flight()
         self.broker.close()
         return self._connect(self._restart_deadline(limits))
 
@@ -297,6 +399,7 @@ class Worker:
         back so other workers can take them, wait for the database (answering heartbeats),
         resume."""
         self._note(exc, "PostgreSQL unavailable: %s; giving unsettled messages back to the queue")
+        self._drop_in_flight()
         try:
             self.broker.give_back()
             self._wait_for_database()
@@ -316,20 +419,27 @@ class Worker:
         try:
             for attempt in retrying:
                 with attempt:
-                    with self.store.transaction() as conn:
+                    with self.main_store.transaction() as conn:
                         conn.execute("SELECT 1")
         except (DatabaseUnavailable, DatabaseRefused):
             return  # stopping
         log.info("PostgreSQL is back")
 
     def _housekeeping(self) -> None:
+        """Prune the bookkeeping tables on the database thread, between two batches."""
+        assert self._db is not None
+        self._db.submit(self._prune)
+
+    def _prune(self) -> None:
         try:
             prune(self.store, retention_s=self.settings.dedup_retention_s)
         except (DatabaseUnavailable, DatabaseRefused) as exc:
             log.warning("housekeeping skipped: %s", exc)
+        except Exception:
+            log.exception("housekeeping failed")
 
     def _read_catalog(self) -> dict[str, list[tuple[Any, ...]]]:
-        with self.store.transaction() as conn:
+        with self.main_store.transaction() as conn:
             return read_catalog(conn)
 
     def _depth(self) -> int | None:
@@ -339,9 +449,14 @@ class Worker:
             return None
 
     def _shutdown(self) -> None:
+        self._drop_in_flight()
+        if self._db is not None:
+            self._db.shutdown(wait=True, cancel_futures=True)
+            self._db = None
         try:
             self.broker.stop_consuming()
         except BrokerUnavailable:
             pass
         self.broker.close()
         self.store.close()
+        self.main_store.close()

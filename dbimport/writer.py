@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ from .events import TriggerEvent
 from .jobs import Job
 from .lookup import Lookup
 from .matcher import Found, Key
-from .message_log import applied_before, lock, record
+from .message_log import logged, record
 from .ordering import Segment, next_segment
 from .profile_data import ProfileWrite, SubscriptionWrite
 from .results import Result
@@ -53,22 +53,39 @@ def apply_batch(conn: psycopg.Connection[Any], jobs: Sequence[Job]) -> BatchOutc
     for db_id, db_jobs in by_db.items():
         fresh = _answer_applied(conn, db_id, db_jobs, outcome)
         _apply_in_segments(conn, db_id, fresh, outcome)
-        record(conn, db_id, ((job.message_key, outcome.results[job.index]) for job in fresh))
+        record(conn, db_id, ((job.message_key, outcome.results[job.index]) for job in fresh),
+               overwrite=_first_deliveries_held(fresh))
     return outcome
 
 
 def _answer_applied(conn: psycopg.Connection[Any], db_id: int, jobs: list[Job], outcome: BatchOutcome) -> list[Job]:
-    """Lock every job's log row; answer those applied already from the log. The rest remain."""
-    logged = lock(conn, db_id, [job.message_key for job in jobs])
+    """Answer the jobs applied already from the log (only those that may have been
+    are looked up); the rest remain."""
+    maybe = [job.message_key for job in jobs if job.maybe_applied]
+    found = logged(conn, db_id, maybe) if maybe else {}
     fresh = []
     for job in jobs:
-        result = logged.get(job.message_key)
-        if result is not None and applied_before(result, maybe_applied=job.maybe_applied, still_held=job.still_held):
+        result = found.get(job.message_key) if job.maybe_applied else None
+        if result is not None:
             outcome.results[job.index] = result
             outcome.replayed.add(job.index)
         else:
             fresh.append(job)
     return fresh
+
+
+def _first_deliveries_held(jobs: list[Job]) -> Callable[[bytes], bool]:
+    """Whether a logged key's row may be overwritten: every job of the batch with that
+    key is a first delivery the worker still holds (an identical message was sent
+    earlier; see message_log)."""
+    by_key: dict[bytes, list[Job]] = defaultdict(list)
+    for job in jobs:
+        by_key[job.message_key].append(job)
+
+    def overwrite(key: bytes) -> bool:
+        return all(not job.maybe_applied and job.still_held() for job in by_key[key])
+
+    return overwrite
 
 
 def _apply_in_segments(conn: psycopg.Connection[Any], db_id: int, jobs: list[Job], outcome: BatchOutcome) -> None:
@@ -77,13 +94,14 @@ def _apply_in_segments(conn: psycopg.Connection[Any], db_id: int, jobs: list[Job
     found: dict[int, Found] = {}
     while pending:
         found.update(_find(lookup, [job for job in pending if job.index not in found]))
-        segment = next_segment(pending, found)
+        segment, later = next_segment(pending, found)
         applied = _apply_segment(conn, lookup, segment.jobs, found, outcome)
-        pending = pending[applied:]
-        for job in segment.jobs[applied:]:
+        deferred = segment.jobs[applied:]
+        for job in deferred:
             # Deferred: answered and looked up again after this segment's writes.
             del found[job.index]
             outcome.results.pop(job.index, None)
+        pending = sorted([*deferred, *later], key=lambda job: job.index)
         _forget_stale(pending, found, segment)
 
 

@@ -311,6 +311,20 @@ def test_set_incr_set_incr_in_one_batch_gives_what_the_queue_order_implies(harne
     assert values == {"a@example.com": 12, "b@example.com": 10, "c@example.com": 43}
 
 
+def test_an_identical_message_published_again_is_applied_again(harness: Harness) -> None:
+    """The same body published three times (twice in one batch, once later) is three
+    messages, not one redelivered: the increment applies three times, and each is
+    answered."""
+    ok(harness.import_(msg(email="same@example.com", data={"CRM_ID": 1})))
+    body = orjson.dumps(msg(email="same@example.com", feedback_id="again", data={"CRM_ID": action("incr", 1)}))
+    harness.publish(body, body)
+    assert harness.run().handled == 2
+    harness.publish(body)
+    assert harness.run().handled == 1
+    assert [r["feedback_id"] for r in ok(harness.results())] == ["again"] * 3
+    assert harness.rows("SELECT (fields->>'CRM_ID')::int FROM profiles") == [(4,)]
+
+
 def test_tags_added_and_deleted_in_one_batch_compose_in_order(harness: Harness) -> None:
     ok(harness.import_(msg(email="t@example.com", data={"interests": ["a"]})))
     harness.publish(

@@ -15,7 +15,7 @@ from conftest import Harness, amqp_connection, cli, msg, worker_env
 from dbimport.broker import Delivery, Outgoing
 from dbimport.config import Settings, load_settings
 from dbimport.errors import BadInput, BrokerUnavailable, ResultUnroutable
-from dbimport.pipeline import Batch, Outcome
+from dbimport.pipeline import Outcome, Prepared
 from dbimport.results import Result
 from dbimport.worker import RunLimits, Worker
 
@@ -188,17 +188,16 @@ def test_a_message_whose_result_was_unroutable_is_redelivered_and_answered_once(
     )
     worker = Worker(harness.settings)
     attempts: list[tuple[list[bool], list[bytes]]] = []
-    handle = worker.pipeline.handle
+    settle = worker.settle
 
-    def handle_then_lose_the_result_queue(deliveries: Sequence[Delivery], **kwargs: Any) -> Batch:
-        batch = handle(deliveries, **kwargs)
+    def lose_the_result_queue_then_settle(outcomes: Sequence[Outcome]) -> None:
         if not attempts:
             harness.channel.queue_delete(harness.settings.result_queue)
-        attempts.append(([d.redelivered for d in deliveries],
-                         [o.result.to_json() for o in batch.outcomes if o.result is not None]))
-        return batch
+        attempts.append(([o.delivery.redelivered for o in outcomes],
+                         [o.result.to_json() for o in outcomes if o.result is not None]))
+        settle(outcomes)
 
-    worker.pipeline.handle = handle_then_lose_the_result_queue  # type: ignore[method-assign]
+    worker.settle = lose_the_result_queue_then_settle  # type: ignore[method-assign]
     with caplog.at_level(logging.WARNING, logger="dbimport"):
         stats = worker.run(RunLimits(until_empty=True))
 
@@ -221,18 +220,17 @@ def test_the_consumer_never_holds_more_unacked_messages_than_the_prefetch(harnes
     harness.publish(*(msg(email=f"p{i}@example.com") for i in range(total)))
     worker = Worker(harness.settings.replace(prefetch=5, batch_size=2))
     unacked_seen: list[int] = []
-    handle = worker.pipeline.handle
+    prepare_all = worker.pipeline.prepare_all
 
-    def handle_and_measure(deliveries: Sequence[Delivery], **kwargs: Any) -> Batch:
+    def measure_then_prepare(deliveries: Sequence[Delivery]) -> list[Prepared]:
         # Let the broker push whatever the window allows, then ask it what is still ready.
         worker.broker.sleep(0.05)
         ready = harness.queue_depth(harness.settings.import_queue)
         # Acks sent for earlier batches count as done: this can only under-count.
         unacked_seen.append(total - worker.stats.handled - ready)
-        assert len(deliveries) + worker.broker.buffered <= 5
-        return handle(deliveries, **kwargs)
+        return prepare_all(deliveries)
 
-    worker.pipeline.handle = handle_and_measure  # type: ignore[method-assign]
+    worker.pipeline.prepare_all = measure_then_prepare  # type: ignore[method-assign]
     stats = worker.run(RunLimits(until_empty=True))
 
     assert stats.handled == total

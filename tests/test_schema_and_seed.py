@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -14,11 +15,14 @@ import psycopg
 import psycopg.errors
 import pytest
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from conftest import ADMIN_DSN, SEED_FILE
 from dbimport.config import CONFIG_PATH_ENV, keys
 from dbimport.errors import ConfigError
-from dbimport.migrations import current_version, unique_keys
+from dbimport.fields import SYSTEM_FIELDS
+from dbimport.lookup import PROFILES_BY_FIELD, Lookup
+from dbimport.migrations import current_version, migrations, unique_keys
 from dbimport.seed import read_seed
 from dbimport.store import with_database
 
@@ -213,6 +217,31 @@ def test_every_table_has_a_primary_key(database: str) -> None:
             """
         ).fetchall()
     assert without == []
+
+
+def test_the_index_of_custom_fields_leaves_out_exactly_the_system_fields() -> None:
+    """The index expression names every system field a message may set, and nothing else."""
+    text = "".join(m.sql for m in migrations())
+    listed = re.search(r"fields - '\{([^}]*)\}'::text\[\]", text)
+    assert listed is not None
+    assert set(listed.group(1).split(",")) == set(SYSTEM_FIELDS)
+
+
+def test_custom_field_look_ups_are_answered_from_the_index_of_custom_fields(database: str) -> None:
+    """Given 3,000 profiles with a system and a custom field, a custom look-up finds by the
+    custom field only, and its plan probes the index (not a scan of the database)."""
+    with psycopg.connect(database) as conn:
+        conn.execute(
+            "INSERT INTO profiles (db_id, profile_id, fields) SELECT 1, lpad(to_hex(i), 24, '0'), "
+            "jsonb_build_object('_fname', 'F' || i, 'CRM_ID', i) FROM generate_series(1, 3000) AS i"
+        )
+        conn.execute("ANALYZE profiles")
+        lookup = Lookup(conn, 1)
+        assert lookup.profiles_by_field("CRM_ID", [5, 3001]) == [{"5".rjust(24, "0")}, set()]
+        assert lookup.profiles_by_field("_fname", ["F5"]) == [set()]
+        plan = "\n".join(row[0] for row in conn.execute(
+            ("EXPLAIN " + PROFILES_BY_FIELD).encode(), ([Jsonb({"CRM_ID": 5})], 1)))
+    assert "profiles_custom_fields_idx" in plan, plan
 
 
 @pytest.mark.parametrize("profile_id, valid", [

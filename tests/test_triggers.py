@@ -203,11 +203,10 @@ def test_a_redelivered_message_already_applied_records_no_second_event_and_gets_
     try:
         worker.catalog.reload()
         never_applied = orjson.dumps(msg(email="bob@example.com", feedback_id="never applied"))
-        batch = worker.pipeline.handle(
-            [Delivery(tag=1, body=create, redelivered=True), Delivery(tag=2, body=update, redelivered=True),
-             Delivery(tag=3, body=never_applied, redelivered=True)],
-            sleep=lambda s: None,
-        )
+        deliveries = [Delivery(tag=1, body=create, redelivered=True), Delivery(tag=2, body=update, redelivered=True),
+                      Delivery(tag=3, body=never_applied, redelivered=True)]
+        batch = worker.pipeline.apply(deliveries, worker.pipeline.prepare_all(deliveries), sleep=lambda s: None)
+        worker.pipeline.notify(batch.events)
     finally:
         worker.store.close()
 

@@ -33,7 +33,7 @@ class Delivery:
     message_id: str | bytes | None = None
     timestamp: int | None = None
     properties: Any = None
-    # Which connection of this worker it came on (see Broker.holds).
+    # Which connection of this worker it came on (see Broker.still_holds).
     connection: int = 0
 
     @classmethod
@@ -61,6 +61,23 @@ class Outgoing:
     # A dead letter's headers (a result has none), added to its original's properties.
     headers: dict[str, Any] = field(default_factory=dict)
     source: Delivery | None = None
+
+
+def _coalesce_output(connection: pika.BlockingConnection) -> None:
+    """Join the frames queued for the socket into one buffer.
+
+    pika's transport writes its queued frames one `send` each: a batch of results
+    is three frames a message, so a thousand system calls where one will do (a
+    third of the CPU the worker spent publishing). Joining them changes nothing
+    else: the bytes and their order are the same. Left alone if this pika version
+    keeps its buffers otherwise.
+    """
+    transport = getattr(getattr(connection, "_impl", None), "_transport", None)
+    buffers = getattr(transport, "_tx_buffers", None)
+    if isinstance(buffers, collections.deque) and len(buffers) > 1:
+        joined = b"".join(buffers)
+        buffers.clear()
+        buffers.append(joined)
 
 
 class Broker:
@@ -159,6 +176,9 @@ class Broker:
                 self._wait(lambda: bool(self._buffer), first_wait_s)
             if len(self._buffer) < max_count:
                 self._wait(lambda: len(self._buffer) >= max_count, batch_wait_s)
+        return self._take(max_count, max_bytes)
+
+    def _take(self, max_count: int, max_bytes: int) -> list[Delivery]:
         batch: list[Delivery] = []
         size = 0
         while self._buffer and len(batch) < max_count:
@@ -176,16 +196,34 @@ class Broker:
             if done() or time.monotonic() >= deadline:
                 return
 
-    def holds(self, delivery: Delivery) -> bool:
+    def still_holds(self, delivery: Delivery) -> bool:
         """Whether `delivery` is still ours to settle: its connection is the current one and
-        still open. Reads what the broker sent, so a close it announced is seen."""
-        if self._connection is None or delivery.connection != self._connections:
+        still open, as the main thread last read it (it reads the socket every few
+        milliseconds while it waits). Safe to call from the database thread: it only
+        reads state."""
+        connection, consume = self._connection, self._consume
+        if connection is None or delivery.connection != self._connections:
             return False
-        try:
-            self._connection.process_data_events(time_limit=0)
-        except Exception:  # a connection that cannot be read holds nothing
-            return False
-        return self._connection.is_open and self._consume is not None and self._consume.is_open
+        return bool(connection.is_open and consume is not None and consume.is_open)
+
+    def pump(self, seconds: float = 0.0) -> None:
+        """Read what the broker sent (deliveries, heartbeats, a close), waiting up to `seconds`."""
+        assert self._connection is not None
+        with self._wrapped("receive"):
+            self._connection.process_data_events(time_limit=seconds)
+
+    def take(self, max_count: int, *, max_bytes: int) -> list[Delivery]:
+        """A full batch from what was received already (`max_count` deliveries, or
+        `max_bytes` of bodies), or nothing: no waiting."""
+        size = 0
+        enough = len(self._buffer) >= max_count
+        if not enough:
+            for delivery in self._buffer:
+                size += len(delivery.body)
+                if size > max_bytes:
+                    enough = True
+                    break
+        return self._take(max_count, max_bytes) if enough else []
 
     def queue_depth(self, queue: str | None = None) -> int:
         """Ready messages in `queue` (the input queue by default)."""
@@ -229,6 +267,7 @@ class Broker:
                     if not self._connection.is_open or not self._publish.is_open:
                         raise
                     unencodable[index] = exc
+            _coalesce_output(self._connection)
             self._publish.tx_commit()
             # A basic.return precedes tx.commit-ok; dispatch it now.
             self._connection.process_data_events(time_limit=0)
