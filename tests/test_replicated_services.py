@@ -9,6 +9,9 @@ failovers themselves, on a real cluster, are in test_failover.py.
 from __future__ import annotations
 
 import logging
+import re
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -18,7 +21,7 @@ import orjson
 import psycopg.conninfo
 import pytest
 
-from conftest import RABBITMQ, Harness, amqp_connection, cli, free_port, msg, ok, worker_env
+from conftest import ADMIN_DSN, RABBITMQ, Harness, amqp_connection, cli, free_port, msg, ok, worker_env
 from dbimport.broker import Broker, declare_all
 from dbimport.config import Settings, redact_dsn
 from dbimport.store import describe_target, user_name
@@ -28,6 +31,7 @@ from faults.services import rabbitmqctl
 
 EX_OK, EX_PROBLEMS, EX_UNAVAILABLE = 0, 1, 69
 REAL_NODE = f"{RABBITMQ['host']}:{RABBITMQ['port']}"
+THROUGHPUT = Path(__file__).resolve().parent.parent / "bench" / "throughput.py"
 
 
 def queue_types(*names: str) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -283,3 +287,29 @@ def test_the_broker_layer_connects_to_quorum_queues_on_a_node_list(settings: Set
         broker.close()
     assert queue_types(settings.import_queue)[settings.import_queue][0] == "quorum"
 
+
+# --- the benchmark on quorum queues ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_benchmark_drains_classic_and_quorum_queues_side_by_side(services: None) -> None:
+    """bench/README.md, `--queue-types`: one run drains the worker and the limit on classic
+    and on quorum queues of the same broker, checks all four, and compares the rates."""
+    n = 200
+    done = subprocess.run(
+        [sys.executable, str(THROUGHPUT), "--admin-dsn", ADMIN_DSN, "--amqp-host", REAL_NODE,
+         "--messages", str(n), "--skip-naive", "--queue-types", "classic,quorum"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    for expected in (
+        rf"stream: +{n} messages, .*; queues classic then quorum",
+        rf"fill: +{4 * n} msgs .*worker queue {n}, worker quorum queue {n}, limit queue {n}, limit quorum queue {n}\)",
+        rf"worker quorum: +{n} msgs in [\d.]+ s = \d+ msg/s, .*",
+        rf"check: +worker quorum: {n}/{n} correct results .*: OK",
+        rf"check: +limit quorum: {n} results for {n} messages .*: OK",
+        r"check: +worker and worker quorum stores hold the same profiles .*: OK",
+        r"queues: +worker quorum / worker [\d.]+x, limit quorum / limit [\d.]+x \(msg/s on quorum queues .*\)",
+    ):
+        assert any(re.fullmatch(expected, line) for line in lines), (expected, done.stdout[-3000:])
