@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: demo test bench bench-big sweep bench-loader check
+.PHONY: demo test cluster-test bench bench-big sweep bench-loader check
 
 ## demo: set up, import examples/messages.jsonl with main.json, print the results
 demo:
@@ -14,6 +14,12 @@ demo:
 ## test: set up and run the test suite (make test PYTEST_ARGS="-q -k email")
 test:
 	scripts/test $(PYTEST_ARGS)
+
+## cluster-test: the failover tests (tests/test_failover.py) on the replicated lab of
+## scripts/cluster, which it starts first (idempotent; needs root); the lint is left to `make test`
+cluster-test:
+	scripts/cluster start >/dev/null
+	LINT=0 scripts/test -m cluster $(PYTEST_ARGS)
 
 ## bench: the throughput benchmark against the local services (see bench/)
 bench:

@@ -27,6 +27,7 @@ import argparse
 import array
 import compileall
 import configparser
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -52,7 +53,7 @@ import psycopg
 import psycopg.conninfo
 from psycopg import sql
 
-from dbimport.config import Settings
+from dbimport.config import Settings, parse_nodes
 from dbimport.config import keys as config_keys
 from dbimport.store import with_database
 
@@ -272,12 +273,20 @@ def entity_of_email(email: str | None) -> int | None:
 @dataclass(frozen=True)
 class Services:
     admin_dsn: str
+    # One host, or a RabbitMQ cluster's node list as RABBITMQ_HOST takes it
+    # (`host` or `host:port` each, comma-separated): the worker and the limit get it
+    # whole; the bench's own connections and the naive reference use the first node.
     amqp_host: str
     amqp_port: int
 
+    @property
+    def amqp_nodes(self) -> tuple[tuple[str, int], ...]:
+        return parse_nodes(self.amqp_host, self.amqp_port)
+
     def amqp(self) -> pika.BlockingConnection:
+        host, port = self.amqp_nodes[0]
         return pika.BlockingConnection(pika.ConnectionParameters(
-            host=self.amqp_host, port=self.amqp_port, heartbeat=600, blocked_connection_timeout=300,
+            host=host, port=port, heartbeat=600, blocked_connection_timeout=300,
         ))
 
     def dsn(self, database: str) -> str:
@@ -302,15 +311,17 @@ class Target:
     queue: str
     result_queue: str
     dead_queue: str
+    queue_type: str = "classic"  # IMPORT_QUEUE_TYPE: the three queues' type
 
     @classmethod
-    def named(cls, run_id: str, label: str) -> Target:
+    def named(cls, run_id: str, label: str, queue_type: str = "classic") -> Target:
         return cls(
             label=label,
             database=f"bench_{run_id}_{label}",
             queue=f"bench.{run_id}.{label}.in",
             result_queue=f"bench.{run_id}.{label}.result",
             dead_queue=f"bench.{run_id}.{label}.dead",
+            queue_type=queue_type,
         )
 
     @property
@@ -343,7 +354,12 @@ def init_database(
     drop_database(services, target.database)
     seed = workdir / f"seed.{target.label}.json"
     seed.write_bytes(orjson.dumps(SEED_FILE_CONTENT if seed_content is None else seed_content))
-    env = clean_env(POSTGRES_DSN=services.dsn(target.database), JOB_SERVER_LOG=str(workdir / "init-db.log"))
+    env = clean_env(
+        POSTGRES_DSN=services.dsn(target.database), JOB_SERVER_LOG=str(workdir / "init-db.log"),
+        RABBITMQ_HOST=services.amqp_host, RABBITMQ_PORT=str(services.amqp_port), IMPORT_QUEUE=target.queue,
+        IMPORT_RESULT_QUEUE=target.result_queue, IMPORT_DEAD_QUEUE=target.dead_queue,
+        IMPORT_QUEUE_TYPE=target.queue_type,
+    )
     done = subprocess.run(
         [sys.executable, "-m", "dbimport", "init-db", "--seed", str(seed)],
         env=with_pythonpath(env, tree), cwd=workdir, capture_output=True, text=True,
@@ -365,9 +381,12 @@ def drop_database(services: Services, name: str) -> None:
 
 
 def declare_queues(channel: Any, target: Target) -> None:
-    channel.queue_declare(target.queue, durable=True)
-    channel.queue_declare(target.result_queue, durable=True, arguments={"x-message-ttl": Settings().result_ttl_ms})
-    channel.queue_declare(target.dead_queue, durable=True)
+    """The target's three queues, as the worker declares them with its IMPORT_QUEUE_TYPE."""
+    typed = {} if target.queue_type == "classic" else {"x-queue-type": target.queue_type}
+    channel.queue_declare(target.queue, durable=True, arguments=typed or None)
+    channel.queue_declare(target.result_queue, durable=True,
+                          arguments={**typed, "x-message-ttl": Settings().result_ttl_ms})
+    channel.queue_declare(target.dead_queue, durable=True, arguments=typed or None)
 
 
 def delete_queues(services: Services, targets: Iterable[Target]) -> None:
@@ -680,13 +699,20 @@ class CpuUse:
 class CpuMeter:
     """Finds RabbitMQ's and PostgreSQL's processes once, then reads their CPU on demand."""
 
-    def __init__(self, amqp_port: int, postgres_port: int, postgres_dsn: str | None = None) -> None:
-        self.rabbitmq, self.rabbitmq_how = find_rabbitmq(amqp_port)
+    def __init__(self, amqp_ports: Sequence[int], postgres_port: int, postgres_dsn: str | None = None) -> None:
+        """`amqp_ports`: the AMQP port of every RabbitMQ node in use (a cluster's nodes all
+        work for a quorum queue: its leader and its followers)."""
+        found = [find_rabbitmq(port) for port in dict.fromkeys(amqp_ports)]
+        self.rabbitmq = sorted({pid for pids, _ in found for pid in pids})
+        self.rabbitmq_how = found[0][1] if len(found) == 1 else "; ".join(
+            f"port {port}: {how}" for port, (_, how) in zip(dict.fromkeys(amqp_ports), found))
+        if len(found) > 1 and any(not pids for pids, _ in found):
+            self.rabbitmq = []  # a node not found: no figure rather than a partial one
         self.postmaster, self.postgres_how = find_postmaster(postgres_port, postgres_dsn)
 
     @classmethod
     def of(cls, services: Services) -> CpuMeter:
-        return cls(services.amqp_port, services.postgres_port, services.admin_dsn)
+        return cls([port for _, port in services.amqp_nodes], services.postgres_port, services.admin_dsn)
 
     def describe(self) -> str:
         postgres = f"{self.postgres_how}, and its children" if self.postmaster else self.postgres_how
@@ -915,6 +941,7 @@ def worker_env(
         JOB_SERVER_LOG=str(workdir / f"{target.label}.job_server.log"),
         IMPORT_PREFETCH=str(prefetch),
         IMPORT_BATCH_SIZE=str(batch),
+        IMPORT_QUEUE_TYPE=target.queue_type,
         **more,
     )
 
@@ -949,10 +976,11 @@ def drain_limit(
 def drain_naive(
     services: Services, target: Target, *, messages: int, workdir: Path, meter: CpuMeter | None = None,
 ) -> Drain:
+    host, port = services.amqp_nodes[0]
     command = [
         sys.executable, str(NAIVE_SCRIPT), "--dsn", services.dsn(target.database),
         "--queue", target.queue, "--result-queue", target.result_queue,
-        "--amqp-host", services.amqp_host, "--amqp-port", str(services.amqp_port), "--until-empty",
+        "--amqp-host", host, "--amqp-port", str(port), "--until-empty",
     ]
     return drain(
         services, command, env=clean_env(), workdir=workdir,
@@ -1292,9 +1320,18 @@ class Kind:
     messages: int
     revision: Revision | None = None
     actions: float = 0.0  # the share of its messages that carry field actions
+    queue_type: str = "classic"  # IMPORT_QUEUE_TYPE of its queues
 
     def target(self, run_id: str, round_: int, rounds: int) -> Target:
-        return Target.named(run_id, self.label if rounds == 1 else f"{self.label}_{round_}")
+        return Target.named(run_id, self.label if rounds == 1 else f"{self.label}_{round_}", self.queue_type)
+
+    def of_type(self, queue_type: str, *, plain: bool = False) -> Kind:
+        """The same drain on queues of `queue_type`: titled `worker quorum` and labelled
+        `workerq`, or, `plain`, under its own title and label."""
+        if plain:
+            return dataclasses.replace(self, queue_type=queue_type)
+        return dataclasses.replace(self, title=f"{self.title} {queue_type}", label=f"{self.label}{queue_type[0]}",
+                                   queue_type=queue_type)
 
     @property
     def tree(self) -> Path | None:
@@ -1325,6 +1362,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="also drain, with the worker, the same stream where a share F of the messages "
                         "(e.g. 0.2) also carries field actions (incr of a counter, add of a tag); prints "
                         "its rate against the plain stream's")
+    parser.add_argument("--queue-types", type=queue_type_list, default=("classic",), metavar="T1,T2",
+                        help="drain every kind once per queue type, e.g. classic,quorum (IMPORT_QUEUE_TYPE of the "
+                        "worker, the limit and --compare revisions; the fill declares matching queues); a kind "
+                        "on quorum queues is titled `worker quorum` (default classic)")
     parser.add_argument("--skip-naive", action="store_true", help="no naive reference drain")
     parser.add_argument("--skip-limit", action="store_true", help="no messaging limit drain")
     parser.add_argument("--keep", action="store_true",
@@ -1348,8 +1389,12 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-dsn", default=os.environ.get("DBIMPORT_TEST_DSN", DEFAULT_ADMIN_DSN),
                         help="the server's maintenance database, where bench_* databases are created "
                         f"(default: $DBIMPORT_TEST_DSN, else {DEFAULT_ADMIN_DSN})")
-    parser.add_argument("--amqp-host", default="127.0.0.1", help="RabbitMQ host (guest/guest)")
-    parser.add_argument("--amqp-port", type=int, default=5672)
+    parser.add_argument("--amqp-host", default="127.0.0.1",
+                        help="RabbitMQ host (guest/guest), or a cluster's nodes as RABBITMQ_HOST takes them, "
+                        "comma-separated host or host:port (e.g. 127.0.0.1:5681,127.0.0.1:5682,127.0.0.1:5683): "
+                        "the worker and the limit get the list, the bench itself and the naive reference use "
+                        "the first node, and RabbitMQ's CPU is every listed node's")
+    parser.add_argument("--amqp-port", type=int, default=5672, help="the port of a node given without one")
 
 
 def add_modes_option(parser: argparse.ArgumentParser) -> None:
@@ -1366,6 +1411,13 @@ def mode_list(text: str) -> tuple[str, ...]:
     if not modes or unknown:
         raise argparse.ArgumentTypeError(f"choose among {', '.join(MODES)}")
     return modes
+
+
+def queue_type_list(text: str) -> tuple[str, ...]:
+    types = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not types or any(t not in ("classic", "quorum") for t in types):
+        raise argparse.ArgumentTypeError("classic, quorum, or both: classic,quorum")
+    return types
 
 
 def share(text: str) -> float:
@@ -1437,7 +1489,8 @@ def run(
     report["load_start"] = os.getloadavg()
     say(f"{'stream:':<8} {n} messages, {(n + 1) // 2} creates + {n // 2} updates, modes "
         f"{'/'.join(args.modes)}" + (f" (custom on {CUSTOM_FIELD})" if "custom" in args.modes else "")
-        + f", seed {args.seed}")
+        + f", seed {args.seed}"
+        + ("" if args.queue_types == ("classic",) else f"; queues {' then '.join(args.queue_types)}"))
     kinds = [Kind("worker", "worker", "worker", n)]
     if args.actions:
         kinds.append(Kind(f"worker+actions {args.actions:g}", "actions", "worker", n, actions=args.actions))
@@ -1452,6 +1505,11 @@ def run(
         kinds.append(Kind("limit", "limit", "limit", n))
     if not args.skip_naive:
         kinds.append(Kind("naive", "naive", "naive", m))
+    # The first queue type's drains keep the plain titles; each other type's follow
+    # their counterpart, titled `worker quorum`.
+    base_type, *other_types = args.queue_types
+    kinds = [typed for kind in kinds
+             for typed in (kind.of_type(base_type, plain=True), *(kind.of_type(t) for t in other_types))]
     meter = CpuMeter.of(services)
     say(f"{'cpu:':<8} measured from /proc: {meter.describe()}")
     report["cpu_processes"] = {"rabbitmq": meter.rabbitmq, "rabbitmq_how": meter.rabbitmq_how,
@@ -1480,7 +1538,7 @@ def run(
         for kind in kinds if kind.title != "worker"
     }
     if args.actions:
-        title = kinds[1].title
+        title = next(kind.title for kind in kinds if kind.label == "actions")
         kept = median_rate(drains[title]) / worker_rate if worker_rate else 0.0
         parts_actions = (f"{title} / worker {kept:.2f} (target >= 0.90: {'PASS' if kept >= 0.9 else 'FAIL'})")
         report["actions_ratio"] = kept
@@ -1494,11 +1552,24 @@ def run(
         report["ratio"] = ratio
     else:
         parts.append("worker / naive n/a (--skip-naive)")
+    other_titles = {f"worker / {kind.title}" for kind in kinds if kind.queue_type != base_type}
     parts += [f"{name} {value:.2f}x" for name, value in ratios.items()
-              if name != "worker / naive" and not name.startswith("worker / worker+actions")]
+              if name != "worker / naive" and not name.startswith("worker / worker+actions")
+              and name not in other_titles]
     if args.actions:
         parts.append(parts_actions)
     medians = f" (medians of {args.repeat} rounds)" if args.repeat > 1 else ""
+    if other_types:
+        queue_ratios = {
+            f"{kind.title} / {base.title}": median_rate(drains[kind.title]) / rate
+            for base in kinds if base.queue_type == base_type
+            for kind in kinds if kind.queue_type != base_type and kind.title == f"{base.title} {kind.queue_type}"
+            if (rate := median_rate(drains[base.title]))
+        }
+        say(f"{'queues:':<8} " + ", ".join(f"{name} {value:.2f}x" for name, value in queue_ratios.items())
+            + f" (msg/s on {'/'.join(other_types)} queues against {base_type} ones, on the same broker"
+            + (f"; medians of {args.repeat} rounds)" if args.repeat > 1 else ")"))
+        report["queue_ratios"] = queue_ratios
     say(f"{'ratio:':<8} " + ", ".join(parts) + f"{medians}; RSS target <= {TARGET_RSS_MB:g} MB: "
         f"{'PASS' if rss_pass else 'FAIL'}")
     report["ratios"] = ratios

@@ -58,6 +58,17 @@ def amqp_connection() -> pika.BlockingConnection:
     return pika.BlockingConnection(pika.ConnectionParameters(**RABBITMQ))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `cluster` need the replicated lab (docs/scaling.md, "The local
+    replicated lab"): they run only when `-m` selects them (`make cluster-test`)."""
+    if "cluster" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="needs the replicated lab: make cluster-test (pytest -m cluster)")
+    for item in items:
+        if "cluster" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def services() -> None:
     """Both services must answer: a missing service fails the run, it never skips."""
