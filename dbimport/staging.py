@@ -130,7 +130,8 @@ def execute(conn: psycopg.Connection[Any], db_id: int, rows: Rows) -> list[Trigg
                 (db_id, Jsonb(rows.new_profiles)),
             )
         if rows.profile_updates:
-            conn.execute(_UPDATE_PROFILES, (Jsonb(rows.profile_updates), db_id))
+            # In profile order: two workers updating the same profiles lock them in one order.
+            conn.execute(_UPDATE_PROFILES, (Jsonb(sorted(rows.profile_updates, key=lambda row: row[0])), db_id))
         if rows.new_subscriptions:
             conn.execute(_INSERT_SUBSCRIPTIONS, (db_id, *subscription_columns(rows.new_subscriptions, new=True)))
         if rows.subscription_updates:

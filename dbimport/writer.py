@@ -2,9 +2,11 @@
 
 The batch is applied segment by segment (see `ordering`): each segment's
 messages are looked up together, a few statements for the whole segment,
-then written together. Before it creates a profile, a segment locks a claim
+then written together. Before it creates a profile, a batch locks a claim
 row per match value, then looks again: a concurrent worker that created the
-profile first has committed by then, and is found. Unique values (e-mail,
+profile first has committed by then, and is found. The claims of all the
+segments are taken at once, after the first look-up and before any write, in
+one sorted order. Unique values (e-mail,
 subscription) are checked under the same transaction and backed by unique
 indexes.
 """
@@ -92,10 +94,20 @@ def _apply_in_segments(conn: psycopg.Connection[Any], db_id: int, jobs: list[Job
     lookup = Lookup(conn, db_id)
     pending = jobs
     found: dict[int, Found] = {}
+    claimed: set[bytes] = set()
+    first = True
     while pending:
         found.update(_find(lookup, [job for job in pending if job.index not in found]))
+        if first:
+            first = False
+            # Every claim the batch will likely need, before it writes anything: the
+            # claims of all its segments in one sorted statement, so that two workers
+            # never take them in opposite orders (a later segment's claim waiting on a
+            # worker that waits on this one's earlier claims or row locks).
+            _claim(conn, db_id, [key for job in pending if job.may_create and not found[job.index].profile_ids
+                                 for key in job.query.keys], claimed)
         segment, later = next_segment(pending, found)
-        applied = _apply_segment(conn, lookup, segment.jobs, found, outcome)
+        applied = _apply_segment(conn, lookup, segment.jobs, found, outcome, claimed)
         deferred = segment.jobs[applied:]
         for job in deferred:
             # Deferred: answered and looked up again after this segment's writes.
@@ -128,7 +140,7 @@ class _Target:
 
 def _apply_segment(
     conn: psycopg.Connection[Any], lookup: Lookup, jobs: list[Job], found: dict[int, Found],
-    outcome: BatchOutcome,
+    outcome: BatchOutcome, claimed: set[bytes],
 ) -> int:
     """Write the segment; returns how many of its jobs (a prefix) were settled.
 
@@ -138,7 +150,7 @@ def _apply_segment(
     targets: dict[str, _Target] = {}
     to_create = _sort_out(jobs, found, targets, outcome)
     if to_create:
-        _claim(conn, lookup.db_id, [key for job in to_create for key in job.query.keys])
+        _claim(conn, lookup.db_id, [key for job in to_create for key in job.query.keys], claimed)
         found.update(_find(lookup, to_create))
         for job in _sort_out(to_create, found, targets, outcome):
             seed = job.matcher.new_profile(job.query)
@@ -226,9 +238,13 @@ def claim_key(key: Key) -> bytes:
     return hashlib.blake2b(f"{key.kind}\n{key.value}".encode(), digest_size=16).digest()
 
 
-def _claim(conn: psycopg.Connection[Any], db_id: int, keys: Iterable[Key]) -> None:
-    """Lock a claim row per key, in one global order so that workers never deadlock."""
-    claim_keys = sorted({claim_key(key) for key in keys})
+def _claim(conn: psycopg.Connection[Any], db_id: int, keys: Iterable[Key], claimed: set[bytes]) -> None:
+    """Lock a claim row per key not `claimed` yet in this transaction, in one global
+    order so that workers never deadlock; add them to `claimed`."""
+    claim_keys = sorted({claim_key(key) for key in keys} - claimed)
+    if not claim_keys:
+        return
+    claimed.update(claim_keys)
     conn.execute(
         # Re-claiming rewrites no column (a HOT update that only takes the row lock).
         "INSERT INTO match_claims (db_id, claim_key) SELECT %s, k FROM unnest(%b::bytea[]) AS k "

@@ -60,13 +60,15 @@ def amqp_connection() -> pika.BlockingConnection:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked `cluster` need the replicated lab (docs/scaling.md, "The local
-    replicated lab"): they run only when `-m` selects them (`make cluster-test`)."""
+    replicated lab"): they are collected only when `-m` selects them (`make
+    cluster-test`). Otherwise they are deselected, not skipped: the suite's own
+    services are never optional, and a skip would read as one that was."""
     if "cluster" in (config.getoption("markexpr") or ""):
         return
-    skip = pytest.mark.skip(reason="needs the replicated lab: make cluster-test (pytest -m cluster)")
-    for item in items:
-        if "cluster" in item.keywords:
-            item.add_marker(skip)
+    lab = [item for item in items if "cluster" in item.keywords]
+    if lab:
+        config.hook.pytest_deselected(items=lab)
+        items[:] = [item for item in items if "cluster" not in item.keywords]
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import string
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,11 @@ import orjson
 import pytest
 
 from conftest import Harness, msg
+from dbimport.broker import Delivery
+from dbimport.broker.window import Window
 from dbimport.config import CONFIG_PATH_ENV, Settings, keys, load_settings
+from dbimport.pipeline import Prepared
+from dbimport.worker import RunLimits, Worker
 
 MiB = 1024 * 1024
 
@@ -236,6 +241,55 @@ def test_batch_max_bytes_bounds_how_much_one_batch_holds(harness: Harness, tmp_p
     assert stats.batches >= 6, stats
 
 
+def test_large_messages_shrink_the_window_of_deliveries_and_small_ones_widen_it(
+    harness: Harness, tmp_path: Path,
+) -> None:
+    """Given IMPORT_BATCH_MAX_BYTES = "150000" (a window of about 600 kB of bodies) and
+    the default IMPORT_PREFETCH of 1000, when 40 messages of 60 kB come first, then the
+    broker never has more than 10 of them out unacked (600 kB, not 1000 x 60 kB); when
+    300 messages of 300 bytes follow, then the window widens past 10 for them, and every
+    message is answered."""
+    settings = configured(harness, tmp_path, IMPORT_BATCH_MAX_BYTES="150000")
+    assert settings.prefetch == 1000
+    big = [sized(60_000, f"big{i}") for i in range(40)]
+    small = [sized(300, f"small{i}") for i in range(300)]
+    harness.publish(*big, *small)
+    total = len(big) + len(small)
+    worker = Worker(settings)
+    out_while: dict[str, list[int]] = {"big": [], "small": []}
+    prepare_all = worker.pipeline.prepare_all
+
+    def measure_then_prepare(deliveries: Sequence[Delivery]) -> list[Prepared]:
+        # Let the broker send what the window allows, then ask it what is still ready.
+        worker.broker.sleep(0.05)
+        out = total - worker.stats.handled - harness.queue_depth(settings.import_queue)
+        out_while["big" if max(len(d.body) for d in deliveries) > 1000 else "small"].append(out)
+        return prepare_all(deliveries)
+
+    worker.pipeline.prepare_all = measure_then_prepare  # type: ignore[method-assign]
+    stats = worker.run(RunLimits(until_empty=True))
+
+    assert stats.handled == total
+    assert sorted(r["feedback_id"] for r in harness.results()) == sorted(
+        [f"big{i}" for i in range(40)] + [f"small{i}" for i in range(300)])
+    assert max(out_while["big"]) <= 10, out_while
+    assert max(out_while["small"]) > 10, out_while
+
+
+def test_the_window_starts_as_if_every_message_were_the_largest_and_follows_the_sizes_taken() -> None:
+    """The window aims at four batches of bytes: it starts at IMPORT_MAX_MESSAGE_BYTES a
+    message, resizes only when it should halve or at least double, counts the deliveries
+    still held when it grows, and never passes IMPORT_PREFETCH."""
+    settings = Settings(prefetch=1000, batch_max_bytes=MiB, max_message_bytes=MiB)
+    window = Window.of(settings)
+    assert window.deliveries == 4  # 4 MiB of 1 MiB messages
+    assert window.taken(4, 4 * 1000, held=4) == 996  # 1 kB messages: as many as the prefetch allows, less those held
+    assert window.taken(500, 500 * 1200, held=1000) is None  # about the same size: no new consumer
+    assert window.taken(20, 20 * 600_000, held=520) == 13  # large ones: 4 MiB of them (the average of the two)
+    assert window.taken(13, 13 * 500_000, held=13) is None  # within a factor of two
+    assert Window.of(Settings(prefetch=1000, batch_max_bytes=MiB, max_message_bytes=64)).deliveries == 1000
+
+
 def test_an_identity_value_too_long_for_the_index_is_answered_and_does_not_stall_the_queue(
     harness: Harness,
 ) -> None:
@@ -283,10 +337,9 @@ def parsed_batch_mb(batch: int, max_bytes: int) -> float:
 
 
 def memory_bound_mb(prefetch: int, batch: int, max_bytes: int) -> float:
-    """The most a worker can hold: its baseline, `prefetch` raw bodies buffered by pika,
-    a batch of parsed bodies (kept with their jobs until the batch commits) twice (a
-    batch retried after a store error keeps the failed attempt's until the new one is
-    built), and that batch again as serialised writes and results."""
+    """The most a worker can hold: its baseline, `prefetch` raw bodies (its window of
+    deliveries is never larger), two batches of parsed bodies (the one being written and
+    the one prepared behind it), and each again as serialised writes and results."""
     raw_mb = (prefetch + 2 * batch) * max_bytes / MiB
     return BASELINE_MB + raw_mb + 2 * parsed_batch_mb(batch, max_bytes)
 

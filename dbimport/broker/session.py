@@ -18,6 +18,7 @@ from ..errors import BrokerUnavailable, ResultUnroutable
 from . import queues
 from .connection import node_name, open_connection, wrapped
 from .properties import copy_properties, result_properties
+from .window import Window
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ class Broker:
         self._returned: list[bytes] = []
         self._consumer_tag: str | None = None
         self._last_tag = 0
+        # Tags of the deliveries received and not settled yet, oldest first.
+        self._unacked: collections.deque[int] = collections.deque()
+        self._window = Window.of(settings)
         self._connections = 0
         self._node = -1
 
@@ -119,9 +123,21 @@ class Broker:
         assert self._connection is not None
         with self._wrapped("consume"):
             self._consume = self._connection.channel()
-            self._consume.basic_qos(prefetch_count=self.settings.prefetch)
+            self._consume.basic_qos(prefetch_count=self._window.deliveries)
             self._consumer_tag = self._consume.basic_consume(self.settings.import_queue, self._on_message)
             self._consume.add_on_cancel_callback(self._on_cancel)
+
+    def _resize_window(self, deliveries: int) -> None:
+        """Consume again with a window of `deliveries`. Deliveries already received stay
+        ours (acked on this channel as usual); any the old consumer had in transit go
+        back to the queue, as redeliveries."""
+        assert self._consume is not None and self._consumer_tag is not None
+        with self._wrapped("consume"):
+            self._consume.basic_cancel(self._consumer_tag)
+            self._consume.basic_qos(prefetch_count=deliveries)
+            self._consumer_tag = self._consume.basic_consume(self.settings.import_queue, self._on_message)
+        log.info("consumer window: %d deliveries (messages of about %d bytes)",
+                 deliveries, self._window.message_bytes)
 
     def stop_consuming(self) -> None:
         """Stop new deliveries; the buffered ones go back to the queue with the channel."""
@@ -136,12 +152,14 @@ class Broker:
         other workers can take them while this one waits for the database."""
         self.stop_consuming()
         self._buffer.clear()
+        self._unacked.clear()
         if self._consume is not None and self._last_tag:
             with self._wrapped("nack"):
                 self._consume.basic_nack(delivery_tag=self._last_tag, multiple=True, requeue=True)
 
     def close(self) -> None:
         self._buffer.clear()
+        self._unacked.clear()
         self._last_tag = 0
         if self._connection is not None and self._connection.is_open:
             try:
@@ -157,6 +175,7 @@ class Broker:
         properties: pika.spec.BasicProperties, body: bytes,
     ) -> None:
         self._last_tag = method.delivery_tag
+        self._unacked.append(method.delivery_tag)
         self._buffer.append(Delivery.of(method, properties, body, connection=self._connections))
 
     def _on_cancel(self, _frame: Any) -> None:
@@ -186,6 +205,11 @@ class Broker:
             if batch and size > max_bytes:
                 break
             batch.append(self._buffer.popleft())
+        if batch and self._consumer_tag is not None:
+            taken = sum(len(delivery.body) for delivery in batch)
+            resized = self._window.taken(len(batch), taken, held=len(self._unacked))
+            if resized is not None:
+                self._resize_window(resized)
         return batch
 
     def _wait(self, done: Callable[[], bool], seconds: float) -> None:
@@ -293,11 +317,15 @@ class Broker:
         assert self._consume is not None
         with self._wrapped("ack"):
             self._consume.basic_ack(delivery_tag=tag, multiple=True)
+        while self._unacked and self._unacked[0] <= tag:
+            self._unacked.popleft()
 
     def requeue(self, tag: int) -> None:
         assert self._consume is not None
         with self._wrapped("nack"):
             self._consume.basic_nack(delivery_tag=tag, multiple=False, requeue=True)
+        if tag in self._unacked:
+            self._unacked.remove(tag)
 
     # --- waiting -----------------------------------------------------------------
 
