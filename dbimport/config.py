@@ -170,7 +170,7 @@ class Settings:
     log_path: str = setting("JOB_SERVER_LOG", "job_server.log", _text())
     log_level: str = setting("DEFAULT_LOG_LEVEL", "INFO", _log_level)
     log_interval_s: float = setting("IMPORT_LOG_INTERVAL_S", 5.0, _number(0.1))
-    prefetch: int = setting("IMPORT_PREFETCH", 1000, _integer(1, 65535))
+    prefetch: int = setting("IMPORT_PREFETCH", 3000, _integer(1, 65535))
     batch_size: int = setting("IMPORT_BATCH_SIZE", 500, _integer(1, 65535))
     batch_wait_ms: int = setting("IMPORT_BATCH_WAIT_MS", 50, _integer(0, 60000))
     # Parsed JSON takes up to ~26 times its bytes: this bounds a batch's memory.

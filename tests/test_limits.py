@@ -245,12 +245,12 @@ def test_large_messages_shrink_the_window_of_deliveries_and_small_ones_widen_it(
     harness: Harness, tmp_path: Path,
 ) -> None:
     """Given IMPORT_BATCH_MAX_BYTES = "150000" (a window of about 600 kB of bodies) and
-    the default IMPORT_PREFETCH of 1000, when 40 messages of 60 kB come first, then the
-    broker never has more than 10 of them out unacked (600 kB, not 1000 x 60 kB); when
+    the default IMPORT_PREFETCH of 3000, when 40 messages of 60 kB come first, then the
+    broker never has more than 10 of them out unacked (600 kB, not 3000 x 60 kB); when
     300 messages of 300 bytes follow, then the window widens past 10 for them, and every
     message is answered."""
     settings = configured(harness, tmp_path, IMPORT_BATCH_MAX_BYTES="150000")
-    assert settings.prefetch == 1000
+    assert settings.prefetch == 3000
     big = [sized(60_000, f"big{i}") for i in range(40)]
     small = [sized(300, f"small{i}") for i in range(300)]
     harness.publish(*big, *small)
