@@ -190,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--prefetch", type=positive, default=None)
     parser.add_argument("--batch", type=positive, default=None)
+    parser.add_argument("--actions", type=float, default=0.0, metavar="F",
+                        help="the share of messages that also carry field actions, as throughput.py --actions")
     parser.add_argument("--cpu", action="store_true",
                         help="keep only samples of a thread on a CPU: where the worker's CPU goes, not its time")
     parser.add_argument("--raw", type=Path, default=None, metavar="FILE",
@@ -210,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for target in targets:
             init_database(services, target, workdir)
-        fill(services, [(targets[0], args.messages), (targets[1], args.sql_messages)], args.seed, modes)
+        fill(services, [(targets[0], args.messages), (targets[1], args.sql_messages)], args.seed, modes,
+             actions={target.label: args.actions for target in targets})
         env = worker_env(services, targets[0], prefetch=prefetch, batch=batch, workdir=workdir)
         raw = workdir / "profile.txt"
         started = time.monotonic()
@@ -222,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         counts = stages(raw)
         if args.raw is not None:
             shutil.copyfile(raw, args.raw)
-        print(f"profile: {args.messages} messages ({'/'.join(modes)}), prefetch {prefetch}, batch {batch}: "
+        print(f"profile: {args.messages} messages ({'/'.join(modes)}"
+              + (f", a share {args.actions} with field actions" if args.actions else "") + f"), prefetch {prefetch}, batch {batch}: "
               f"{seconds:.1f} s = {args.messages / seconds:.0f} msg/s under py-spy at {SAMPLE_RATE_HZ} Hz "
               + ("(on-CPU samples of each thread)" if args.cpu
                  else "(wall-clock samples of each thread, waiting included)"))
