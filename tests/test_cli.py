@@ -37,6 +37,7 @@ from conftest import (
     ADMIN_DSN,
     BUILT_IN_MODES,
     RABBITMQ,
+    RESULT_KEYS,
     Harness,
     answered,
     cli,
@@ -60,7 +61,8 @@ from faults.proxy import TcpProxy
 from faults.services import close_worker_connections, queue_counts, rabbitmqctl
 
 EX_OK, EX_PROBLEMS, EX_USAGE, EX_UNAVAILABLE, EX_CONFIG = 0, 1, 2, 69, 78
-OPERATIONS_DOC = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+REPO = Path(__file__).resolve().parent.parent
+OPERATIONS_DOC = REPO / "docs" / "operations.md"
 WAIT_S = 30.0
 STOP_WITHIN_S = 5.0
 RABBITMQ_AT = ("127.0.0.1", 5672)
@@ -882,6 +884,32 @@ def test_init_db_declares_the_queues_so_a_message_published_before_any_run_is_an
         with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(psycopg.conninfo.conninfo_to_dict(fresh)["dbname"])))
+
+
+def test_the_readme_demo_imports_the_examples_end_to_end(settings: Settings, tmp_path: Path) -> None:
+    """README.md, "Two commands": `scripts/demo` sets up the store, publishes
+    examples/messages.jsonl, drains it with `run --until-empty` and prints one result per
+    line, each with the contract's five keys, and a summary of the codes. Run here with the
+    test's own (fresh) database, queues and log, which the demo takes from the environment
+    over main.json."""
+    fresh = with_database(settings.postgres_dsn, f"dbimport_test_demo_{uuid.uuid4().hex[:8]}")
+    env = worker_env(settings, POSTGRES_DSN=fresh)
+    try:
+        done = subprocess.run(
+            [str(REPO / "scripts" / "demo")], env=env, cwd=REPO, capture_output=True, text=True, timeout=240,
+        )
+    finally:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(psycopg.conninfo.conninfo_to_dict(fresh)["dbname"])))
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    messages = [line for line in (REPO / "examples" / "messages.jsonl").read_text().splitlines() if line.strip()]
+    results = [orjson.loads(line.split(": ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("line ")]
+    assert len(results) == len(messages), done.stdout
+    assert all(set(result) == RESULT_KEYS for result in results), results
+    codes = sorted(result["error"] for result in results)
+    assert f"{len(messages)} of {len(messages)} results: {codes.count(0)} ok" in done.stdout, done.stdout
+    assert {0, 400, 403, 404} <= set(codes), codes  # the examples show each kind of answer
 
 
 # --- check ------------------------------------------------------------------------------------
