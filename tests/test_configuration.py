@@ -8,14 +8,16 @@ Secrets in the configuration are kept out of logs, errors and reprs: test_secret
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import cli, config_env, write_config
+from conftest import ADMIN_DSN, cli, config_env, write_config
 from dbimport.config import CONFIG_PATH_ENV, keys, load, load_settings
 from dbimport.errors import ConfigError
+from dbimport.store import with_database
 
 EX_CONFIG = 78
 
@@ -167,9 +169,10 @@ def test_keys_far_from_every_known_key_are_left_alone(tmp_path: Path) -> None:
 
 def test_run_warns_about_a_typo_once_at_start_in_the_job_log(tmp_path: Path, queues: dict[str, str]) -> None:
     log = tmp_path / "job_server.log"
+    absent = with_database(ADMIN_DSN, f"dbimport_test_absent_{uuid.uuid4().hex[:8]}")
     config = write_config(tmp_path, {"IMPORT_QUEU": "orders", "RABBITMQ_PORT": 1, "JOB_SERVER_LOG": str(log),
-                                     "IMPORT_CONNECT_TIMEOUT_S": 0})
+                                     "IMPORT_CONNECT_TIMEOUT_S": 0, "POSTGRES_DSN": absent})
     done = cli("run", "--until-empty", env=config_env(config, IMPORT_QUEUE=queues["import_queue"], IMPORT_RESULT_QUEUE=queues["result_queue"], IMPORT_DEAD_QUEUE=queues["dead_queue"]))
     warned = [line for line in log.read_text().splitlines() if "did you mean 'IMPORT_QUEUE'?" in line]
     assert len(warned) == 1 and "WARNING" in warned[0], log.read_text()
-    assert done.returncode == 78  # the default store does not exist here: the warning came first
+    assert done.returncode == 78, done  # its store does not exist: the warning came first
