@@ -12,6 +12,7 @@ import orjson
 import psycopg
 import psycopg.conninfo
 import psycopg.errors
+from psycopg import pq
 from psycopg.types.json import set_json_dumps, set_json_loads
 
 from .config import redact_dsn
@@ -183,8 +184,8 @@ class Store:
         return f"Store({redact_dsn(self._dsn)!r})"
 
     def connect(self) -> psycopg.Connection[Any]:
-        """The open connection, opened now if it is closed or broken."""
-        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+        """The open connection, opened now if it is closed, broken, or not idle."""
+        if self._conn is not None and _idle(self._conn):
             return self._conn
         self.close()
         try:
@@ -219,6 +220,9 @@ class Store:
             raise
         except psycopg.Error as exc:
             translated = translate(exc, self._dsn)
+            if isinstance(translated, DatabaseUnavailable):
+                # Whatever state the failure left it in, the next attempt starts afresh.
+                self.close()
             if translated is exc:
                 raise
             raise translated from exc
@@ -230,3 +234,14 @@ class Store:
             except psycopg.Error:
                 pass
             self._conn = None
+
+
+def _idle(conn: psycopg.Connection[Any]) -> bool:
+    """Whether `conn` can start a transaction: open, and not left inside a transaction or
+    in pipeline mode by a failure (a connection terminated in the middle of a pipeline
+    can stay in pipeline mode, busy, and refuse every query after)."""
+    return (
+        not conn.closed and not conn.broken
+        and conn.info.transaction_status == pq.TransactionStatus.IDLE
+        and conn.pgconn.pipeline_status == pq.PipelineStatus.OFF
+    )

@@ -20,6 +20,7 @@ import pytest
 from conftest import Harness, answered, msg
 from dbimport.broker import Delivery
 from dbimport.pipeline import message_key
+from dbimport.store import Store
 from faults.checks import assert_nothing_lost_nothing_twice, by_mode_value, email_stream, modes_stream
 from faults.plugins import CRASH_EXIT_CODE, FAULT_MODE
 from faults.processes import WorkerProcess, children_of, log_lines, wait_for, worker_env
@@ -130,6 +131,31 @@ def test_database_connections_killed_every_second_lose_nothing_and_apply_nothing
     assert len(mid_stream) >= 3, f"too few kills landed mid-stream: {kills}"
     assert len(log_lines(harness.settings, "retrying the whole transaction")) >= 3
     assert_nothing_lost_nothing_twice(harness, messages, harness.results())
+
+
+@pytest.mark.parametrize("left_in", ["pipeline mode", "a transaction"])
+def test_a_connection_a_failure_left_in_pipeline_mode_or_a_transaction_is_replaced(
+    harness: Harness, left_in: str,
+) -> None:
+    """Given the store's connection left open but not idle by a failure (a connection
+    terminated in the middle of a pipeline has been seen to stay in pipeline mode, busy,
+    refusing every query after, and a worker then retried its batch for ever on it), when
+    the next transaction starts, then it runs on a fresh connection."""
+    store = Store(harness.settings.postgres_dsn)
+    try:
+        with store.transaction() as conn:
+            first = conn.info.backend_pid
+        stuck = store.connect()
+        if left_in == "pipeline mode":
+            stuck.pgconn.enter_pipeline_mode()
+        else:
+            stuck.execute("BEGIN")
+        with store.transaction() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            assert conn.info.backend_pid != first
+        assert stuck.closed
+    finally:
+        store.close()
 
 
 # --- 3. database outage ----------------------------------------------------------------------
