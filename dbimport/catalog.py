@@ -171,7 +171,6 @@ def build_databases(
             for (acc, _), res in resources.items()
             if acc == account_id and db_id in res.databases
         }
-
         databases[db_id] = Database(
             account_id=account_id,
             db_id=db_id,

@@ -44,30 +44,25 @@ def logged(conn: psycopg.Connection[Any], db_id: int, keys: Sequence[bytes]) -> 
 
 def record(
     conn: psycopg.Connection[Any], db_id: int, entries: Iterable[tuple[bytes, Result]],
-    *, known: Iterable[bytes] = (), overwrite: Callable[[bytes], bool] = lambda key: False,
+    *, overwrite: Callable[[bytes], bool] = lambda key: False,
 ) -> None:
-    """Write each (key, result) in the caller's transaction. A key in `known` had a row
-    already (an identical message sent earlier): it is overwritten. Any other key is
-    inserted; one whose row exists (committed by another transaction, or by an earlier
-    one) is overwritten if `overwrite(key)`, else raises WriteRace."""
+    """Write each (key, result) in the caller's transaction: inserted, and where the key's
+    row exists already (committed by another transaction, or by an earlier one)
+    overwritten if `overwrite(key)`, else WriteRace is raised."""
     # One row per key: identical messages in one batch share a key; the last one wins.
     latest = {key: result.to_json() for key, result in entries}
     if not latest:
         return
-    overwritten = set(known) & set(latest)
-    new = {key: raw for key, raw in latest.items() if key not in overwritten}
-    if new:
-        inserted = {bytes(key) for (key,) in conn.execute(
-            "INSERT INTO message_log (db_id, message_key, result) "
-            "SELECT %s, k, r FROM unnest(%b::bytea[], %b::bytea[]) AS t(k, r) "
-            "ON CONFLICT (db_id, message_key) DO NOTHING RETURNING message_key",
-            (db_id, list(new), list(new.values())),
-        ).fetchall()}
-        taken = [key for key in new if key not in inserted]
-        raced = [key for key in taken if not overwrite(key)]
-        if raced:
-            raise WriteRace(f"{len(raced)} message(s) of the batch were applied by another worker meanwhile")
-        overwritten.update(taken)
+    inserted = {bytes(key) for (key,) in conn.execute(
+        "INSERT INTO message_log (db_id, message_key, result) "
+        "SELECT %s, k, r FROM unnest(%b::bytea[], %b::bytea[]) AS t(k, r) "
+        "ON CONFLICT (db_id, message_key) DO NOTHING RETURNING message_key",
+        (db_id, list(latest), list(latest.values())),
+    ).fetchall()}
+    overwritten = [key for key in latest if key not in inserted]
+    raced = [key for key in overwritten if not overwrite(key)]
+    if raced:
+        raise WriteRace(f"{len(raced)} message(s) of the batch were applied by another worker meanwhile")
     if overwritten:
         keys = sorted(overwritten)
         conn.execute(

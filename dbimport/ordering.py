@@ -170,10 +170,10 @@ class Segment(Generic[J]):
             not found.profile_ids.isdisjoint(self._changed.get(key.kind, ())) for key in e.reads
         )
 
-    def add(self, job: J, found: Found) -> None:
+    def add(self, job: J, found: Found, writes: set[Key]) -> None:
+        """Add `job`; `writes` are its keys written (`_written`)."""
         e = job.effects
         self.jobs.append(job)
-        writes = _written(job, found)  # a profile it creates holds its match values
         self._writes |= writes
         self._unique_writes |= _unique(writes)
         self._unknown |= e.unknown
@@ -194,9 +194,8 @@ class Waiting:
     _read_kinds: set[str] = field(default_factory=set)
     _unknown: set[str] = field(default_factory=set)
 
-    def touches(self, job: Ordered, found: Found) -> bool:
+    def touches(self, job: Ordered, found: Found, writes: set[Key]) -> bool:
         e = job.effects
-        writes = _written(job, found)
         return bool(
             not e.reads.isdisjoint(self._writes)
             or not writes.isdisjoint(self._reads)
@@ -206,9 +205,8 @@ class Waiting:
             or not e.unknown.isdisjoint(self._read_kinds)
         )
 
-    def add(self, job: Ordered, found: Found) -> None:
+    def add(self, job: Ordered, found: Found, writes: set[Key]) -> None:
         e = job.effects
-        writes = _written(job, found)
         self._reads |= e.reads
         self._writes |= writes
         self._unique_writes |= _unique(writes)
@@ -218,7 +216,8 @@ class Waiting:
 
 
 def _written(job: Ordered, found: Found) -> set[Key]:
-    """The keys a message writes: its writes, and its match values if it creates."""
+    """The keys a message writes: its writes, and its match values if it creates (the
+    profile it creates holds them)."""
     writes = set(job.effects.writes)
     if not found.profile_ids and job.may_create:
         writes |= job.effects.reads
@@ -234,9 +233,10 @@ def next_segment(pending: Sequence[J], found: dict[int, Found]) -> tuple[Segment
     later: list[J] = []
     for job in pending:
         seen = found[job.index]
-        if (later and waiting.touches(job, seen)) or (segment.jobs and segment.conflicts(job, seen)):
+        writes = _written(job, seen)
+        if (later and waiting.touches(job, seen, writes)) or (segment.jobs and segment.conflicts(job, seen)):
             later.append(job)
-            waiting.add(job, seen)
+            waiting.add(job, seen, writes)
         else:
-            segment.add(job, seen)
+            segment.add(job, seen, writes)
     return segment, later

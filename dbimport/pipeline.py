@@ -27,7 +27,7 @@ from .feedback import feedback_id_in_prefix, feedback_id_of
 from .jobs import Job
 from .matcher import Matcher, Query
 from .message import Envelope, MessageValidator, check_limits, parse
-from .message_log import logged, record
+from .message_log import record
 from .plugins import Registry
 from .profile_data import ProfileWrite, check_data
 from .results import Result
@@ -270,7 +270,8 @@ class Pipeline:
                 return Outcome(delivery, None)
             result = Result.internal(failure.reason, feedback_id=feedback_id)
             if failure.db_id != UNKNOWN_DB_ID:
-                record(conn, failure.db_id, [(key, result)], known=logged(conn, failure.db_id, [key]))
+                # Its last answer, whatever an earlier delivery of it logged.
+                record(conn, failure.db_id, [(key, result)], overwrite=lambda _key: True)
         log.error(
             "message (feedback_id=%r) failed %d times; answering 500 and moving it to %s",
             feedback_id, failed, self.settings.dead_queue,

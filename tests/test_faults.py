@@ -22,8 +22,8 @@ from dbimport.broker import Delivery
 from dbimport.pipeline import message_key
 from dbimport.store import Store
 from faults.checks import assert_nothing_lost_nothing_twice, by_mode_value, email_stream, modes_stream
-from faults.plugins import CRASH_EXIT_CODE, FAULT_MODE
-from faults.processes import WorkerProcess, children_of, log_lines, wait_for, worker_env
+from faults.plugins import FAULT_MODE
+from faults.processes import WorkerProcess, children_of, crash_at_batch, log_lines, wait_for, worker_env
 from faults.proxy import TcpProxy
 from faults.services import (
     backends_waiting_on_a_lock,
@@ -402,13 +402,8 @@ def test_a_batch_committed_but_not_answered_before_a_crash_is_answered_from_the_
     messages record no second event and are answered with the result logged at commit."""
     messages = email_stream("commit", count=600, emails=60)
     harness.publish(*messages)
-    marker = tmp_path / "crashed"
     env = worker_env(harness.settings)
-    crashing = WorkerProcess(["run"], dict(env, FAULT_CRASH_AFTER_COMMIT=str(marker), FAULT_CRASH_AT_BATCH="3"),
-                             tmp_path, launcher=True)
-    assert crashing.wait() == CRASH_EXIT_CODE, crashing.output()[-3000:]
-    committed = orjson.loads(marker.read_bytes())
-    assert len(committed) > 0
+    committed = crash_at_batch(env, tmp_path, "FAULT_CRASH_AFTER_COMMIT")
     before = harness.results()
     assert not {r["feedback_id"] for r in before} & set(committed), "the crashed batch was answered"
     sent = {m["feedback_id"]: m for m in messages}
@@ -431,13 +426,8 @@ def test_a_batch_answered_but_not_acked_before_a_crash_gets_the_same_results_aga
     with identical results, and applied once."""
     messages = email_stream("ack", count=600, emails=60)
     harness.publish(*messages)
-    marker = tmp_path / "crashed"
     env = worker_env(harness.settings)
-    crashing = WorkerProcess(["run"], dict(env, FAULT_CRASH_BEFORE_ACK=str(marker), FAULT_CRASH_AT_BATCH="3"),
-                             tmp_path, launcher=True)
-    assert crashing.wait() == CRASH_EXIT_CODE, crashing.output()[-3000:]
-    published = set(orjson.loads(marker.read_bytes()))
-    assert len(published) > 0
+    published = set(crash_at_batch(env, tmp_path, "FAULT_CRASH_BEFORE_ACK"))
 
     done = WorkerProcess(["run", "--until-empty"], env, tmp_path)
     assert done.wait(DRAIN_TIMEOUT_S) == 0, done.output()[-3000:]

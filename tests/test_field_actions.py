@@ -15,8 +15,7 @@ import orjson
 import pytest
 
 from conftest import Harness, msg, ok
-from faults.plugins import CRASH_EXIT_CODE
-from faults.processes import WorkerProcess, log_lines, wait_for, worker_env
+from faults.processes import WorkerProcess, crash_at_batch, log_lines, wait_for, worker_env
 
 DRAIN_TIMEOUT_S = 180.0
 
@@ -465,12 +464,8 @@ def test_increments_committed_before_a_crash_are_not_applied_again_when_redelive
     profile's CRM_ID is exactly the number of its messages."""
     messages = incr_stream("commit", 600, emails=20)
     harness.publish(*messages)
-    marker = tmp_path / "crashed"
     env = worker_env(harness.settings)
-    crashing = WorkerProcess(["run"], dict(env, FAULT_CRASH_AFTER_COMMIT=str(marker), FAULT_CRASH_AT_BATCH="3"),
-                             tmp_path, launcher=True)
-    assert crashing.wait() == CRASH_EXIT_CODE, crashing.output()[-3000:]
-    assert len(orjson.loads(marker.read_bytes())) > 0
+    crash_at_batch(env, tmp_path, "FAULT_CRASH_AFTER_COMMIT")
     done = WorkerProcess(["run", "--until-empty"], env, tmp_path)
     assert done.wait(DRAIN_TIMEOUT_S) == 0, done.output()[-3000:]
     assert {r["feedback_id"] for r in harness.results()} == {m["feedback_id"] for m in messages}

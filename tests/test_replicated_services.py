@@ -155,25 +155,18 @@ def test_quorum_declares_the_three_queues_as_quorum_queues_with_the_result_ttl(
     assert check(settings, tmp_path, IMPORT_QUEUE_TYPE="quorum", RABBITMQ_X_MESSAGE_TTL="3600") == (EX_OK, [])
 
 
-def test_check_names_quorum_queues_when_the_configuration_says_classic(settings: Settings, tmp_path: Path) -> None:
-    declare_as(settings, "quorum")
-    code, lines = check(settings, tmp_path, IMPORT_QUEUE_TYPE="classic")
+@pytest.mark.parametrize(("declared", "configured"), [("quorum", "classic"), ("classic", "quorum")])
+def test_check_names_queues_of_the_other_type(
+    settings: Settings, tmp_path: Path, declared: str, configured: str,
+) -> None:
+    declare_as(settings, declared)
+    code, lines = check(settings, tmp_path, IMPORT_QUEUE_TYPE=configured)
     assert code == EX_PROBLEMS
     assert [line.split(";")[0] for line in lines] == [
-        f"queue {name}: it is a quorum queue, the configuration says classic (IMPORT_QUEUE_TYPE)"
+        f"queue {name}: it is a {declared} queue, the configuration says {configured} (IMPORT_QUEUE_TYPE)"
         for name in (settings.import_queue, settings.result_queue, settings.dead_queue)
     ]
-    assert all(line.endswith("or set IMPORT_QUEUE_TYPE=quorum") for line in lines), lines
-
-
-def test_check_names_classic_queues_when_the_configuration_says_quorum(settings: Settings, tmp_path: Path) -> None:
-    declare_as(settings, "classic")
-    code, lines = check(settings, tmp_path, IMPORT_QUEUE_TYPE="quorum")
-    assert code == EX_PROBLEMS
-    assert [line.split(";")[0] for line in lines] == [
-        f"queue {name}: it is a classic queue, the configuration says quorum (IMPORT_QUEUE_TYPE)"
-        for name in (settings.import_queue, settings.result_queue, settings.dead_queue)
-    ]
+    assert all(line.endswith(f"or set IMPORT_QUEUE_TYPE={declared}") for line in lines), lines
 
 
 def test_check_names_the_type_and_every_other_argument_that_differs(settings: Settings, tmp_path: Path) -> None:

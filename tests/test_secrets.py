@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg.conninfo
 import pytest
 
-from conftest import Harness, cli, config_env, write_config
+from conftest import Harness, write_config
 from dbimport.broker import Broker
 from dbimport.broker.connection import parameters
 from dbimport.config import CONFIG_PATH_ENV, Settings, keys, load_settings, redact_dsn
@@ -190,47 +190,33 @@ CLOSED_PORT_DSNS = {
 }
 
 
+# The secrets of the two tests below, written in main.json or in a DSN of a known form.
+FIXED_SECRETS = Secrets(rabbitmq_pass=MQ_SECRET, dsn_password=PG_SECRET)
+
+
 @pytest.mark.parametrize("form", sorted(CLOSED_PORT_DSNS))
-def test_a_failing_start_exits_69_and_logs_no_password(tmp_path: Path, queues: dict[str, str], form: str) -> None:
+def test_a_failing_start_exits_69_and_logs_no_password(tmp_path: Path, settings: Settings, form: str) -> None:
     """Given RABBITMQ_PASS in main.json and a DSN with a password pointing at a closed port,
     when `run --until-empty` gives up, then it exits 69 and neither the job log nor stderr
     holds a password."""
-    log_file = tmp_path / "job_server.log"
-    env = config_env(
-        write_config(tmp_path, {"RABBITMQ_PASS": MQ_SECRET}),
-        POSTGRES_DSN=CLOSED_PORT_DSNS[form], IMPORT_CONNECT_TIMEOUT_S="1", JOB_SERVER_LOG=str(log_file),
-        IMPORT_QUEUE=queues["import_queue"], IMPORT_RESULT_QUEUE=queues["result_queue"],
-        IMPORT_DEAD_QUEUE=queues["dead_queue"],
-    )
-    done = cli("run", "--until-empty", env=env)
-    assert done.returncode == EX_UNAVAILABLE, done.stderr
-    log = log_file.read_text()
-    assert "gave up after IMPORT_CONNECT_TIMEOUT_S" in log, log
-    for text in (log, done.stderr, done.stdout):
-        assert PG_SECRET not in text
-        assert MQ_SECRET not in text
+    write_config(tmp_path, {"RABBITMQ_PASS": MQ_SECRET})
+    run = worker(tmp_path, settings, "run", "--until-empty", POSTGRES_DSN=CLOSED_PORT_DSNS[form])
+    assert run.code == EX_UNAVAILABLE, run
+    assert "gave up after IMPORT_CONNECT_TIMEOUT_S" in run.log, run.log
+    assert_secret_free(run, FIXED_SECRETS)
 
 
 def test_a_broker_refusing_the_start_logs_no_password(tmp_path: Path, settings: Settings) -> None:
-    """Given RABBITMQ_PASS and a closed RABBITMQ_PORT in main.json, and a reachable store
+    """Given RABBITMQ_PASS in main.json, a closed RABBITMQ_PORT, and a reachable store
     whose DSN carries a password, when `run --until-empty` gives up, then it exits 69 and
     no password is in the job log, stderr or stdout."""
-    log_file = tmp_path / "job_server.log"
-    env = config_env(
-        write_config(tmp_path, {"RABBITMQ_PASS": MQ_SECRET, "RABBITMQ_PORT": 1}),
-        # Trust authentication ignores the password; the worker must still hide it.
-        POSTGRES_DSN=f"{settings.postgres_dsn} password={PG_SECRET}",
-        IMPORT_CONNECT_TIMEOUT_S="1", JOB_SERVER_LOG=str(log_file),
-        IMPORT_QUEUE=settings.import_queue, IMPORT_RESULT_QUEUE=settings.result_queue,
-        IMPORT_DEAD_QUEUE=settings.dead_queue,
-    )
-    done = cli("run", "--until-empty", env=env)
-    assert done.returncode == EX_UNAVAILABLE, done.stderr
-    log = log_file.read_text()
-    assert "RabbitMQ" in log, log
-    for text in (log, done.stderr, done.stdout):
-        assert PG_SECRET not in text
-        assert MQ_SECRET not in text
+    write_config(tmp_path, {"RABBITMQ_PASS": MQ_SECRET})
+    # Trust authentication ignores the password; the worker must still hide it.
+    run = worker(tmp_path, settings, "run", "--until-empty", RABBITMQ_PORT=UNREACHABLE_PORT,
+                 POSTGRES_DSN=f"{settings.postgres_dsn} password={PG_SECRET}")
+    assert run.code == EX_UNAVAILABLE, run
+    assert "RabbitMQ" in run.log, run.log
+    assert_secret_free(run, FIXED_SECRETS)
 
 
 # --- in process: repr and errors ------------------------------------------------------------

@@ -10,8 +10,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
+import orjson
+
 from conftest import worker_env as base_worker_env
 from dbimport.config import Settings
+from faults.plugins import CRASH_EXIT_CODE
 
 TESTS = Path(__file__).resolve().parent.parent
 POLL_S = 0.05
@@ -131,3 +134,16 @@ def log_lines(settings: Settings, containing: str = "") -> list[str]:
     if not path.exists():
         return []
     return [line for line in path.read_text(errors="replace").splitlines() if containing in line]
+
+
+def crash_at_batch(env: dict[str, str], tmp_path: Path, fault: str, batch: int = 3) -> list[str]:
+    """Run a worker that dies at `fault` (FAULT_CRASH_AFTER_COMMIT or
+    FAULT_CRASH_BEFORE_ACK) of its `batch`-th batch; the feedback_ids of that batch,
+    as the fault recorded them (at least one)."""
+    marker = tmp_path / "crashed"
+    crashing = WorkerProcess(["run"], dict(env, **{fault: str(marker), "FAULT_CRASH_AT_BATCH": str(batch)}),
+                             tmp_path, launcher=True)
+    assert crashing.wait() == CRASH_EXIT_CODE, crashing.output()[-3000:]
+    feedback_ids: list[str] = orjson.loads(marker.read_bytes())
+    assert len(feedback_ids) > 0
+    return feedback_ids
